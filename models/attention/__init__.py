@@ -1,0 +1,63 @@
+"""Attention registry: every type is registered by a snake_case name.
+
+    from models import attention
+    make = attention.build({"name": "scaled_dot", "implementation": "xla"})
+    layer = make(num_heads=8, causal=True)        # shared fields supplied by the model
+    y = layer(x, mask=m)                          # -> [B, T, D]
+
+A new type: write `models/attention/<family>.py` with a `@register("name")` class deriving from
+`base.Attention`, and import the module below. The parameterised tests pick it up automatically.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from models.attention.base import Attention
+
+REGISTRY: dict[str, type[Attention]] = {}
+SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(Attention)) - {"parent", "name"}
+
+
+def register(name: str) -> Callable[[type[Attention]], type[Attention]]:
+  def wrap(cls: type[Attention]) -> type[Attention]:
+    if name in REGISTRY:
+      raise ValueError(f"attention type {name!r} registered twice")
+    REGISTRY[name] = cls
+    cls.registry_name = name
+    return cls
+
+  return wrap
+
+
+def get(name: str) -> type[Attention]:
+  if name not in REGISTRY:
+    raise ValueError(f"unknown attention {name!r}; valid: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
+
+
+def own_fields(name: str) -> set[str]:
+  """The fields a type adds to the shared ones (what `config.model.attention` may set)."""
+  cls = get(name)
+  return {f.name for f in dataclasses.fields(cls)} - SHARED_FIELDS - {"parent", "name"}
+
+
+def build(config: Mapping[str, Any]) -> Callable[..., Attention]:
+  """`{"name": ..., **type_fields}` -> constructor taking the shared fields (num_heads, ...)."""
+  fields = dict(config)
+  name = fields.pop("name")
+  cls = get(name)
+  # Fields of other registered types are ignored, so a sweep can change only the name.
+  known_anywhere = set().union(*(own_fields(n) for n in REGISTRY))
+  unknown = set(fields) - known_anywhere
+  if unknown:
+    raise ValueError(
+      f"attention {name!r} has no field(s) {sorted(unknown)}; "
+      f"valid: {sorted(own_fields(name)) or 'none'}"
+    )
+  return functools.partial(cls, **{k: v for k, v in fields.items() if k in own_fields(name)})
+
+
+# Importing a family module registers its types.
+from models.attention import scaled_dot  # noqa: E402,F401

@@ -1,0 +1,123 @@
+"""What every attention type shares: the fields, the head projections and the normalisation.
+
+A type subclasses `Attention`, adds its own fields, and implements `__call__`:
+
+    attn(inputs_q, inputs_kv=None, *, mask=None, deterministic=True) -> [B, Tq, out_features]
+
+* `inputs_q` `[B, Tq, Dq]`, `inputs_kv` `[B, Tk, Dkv]` (self-attention when None).
+* `mask` boolean, broadcastable to `[B, H, Tq, Tk]`, True = may attend (see `masks.py`).
+  Types whose cost forbids a dense mask accept only a key-padding mask `[B, 1, 1, Tk]`.
+* `causal` (a field) makes query i see keys <= i; every type implements it its own cheapest way.
+* Weights, where a type forms them, are sown as `intermediates/attention_weights` `[B, H, Tq, Tk]`.
+* Recurrent state between decoder steps (e.g. the previous alignment of location-sensitive
+  attention) lives in the `attention_state` collection; an RNN decoder scanning over time carries
+  that collection (`nn.scan(..., variable_carry='attention_state')`). Autoregressive key/value
+  caches live in the `cache` collection (`decode=True`), as in flax.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
+
+
+def default_kernel_init() -> Callable:
+  return nn.initializers.xavier_uniform()
+
+
+class Attention(nn.Module):
+  """Fields shared by all attention types (subclass and add type-specific fields)."""
+
+  num_heads: int = 1
+  qkv_features: int | None = None  # total projected width, defaults to the query feature size
+  out_features: int | None = None  # defaults to the query feature size
+  causal: bool = False
+  dropout_rate: float = 0.0  # on attention weights
+  dtype: Dtype = jnp.float32  # compute dtype
+  param_dtype: Dtype = jnp.float32
+  use_bias: bool = True
+
+  # ----------------------------------------------------------------------------- helpers
+
+  def features(self, inputs_q: jnp.ndarray) -> tuple[int, int]:
+    """-> (qkv_features, head_dim), checking that heads divide the width."""
+    qkv = self.qkv_features or inputs_q.shape[-1]
+    if qkv % self.num_heads:
+      raise ValueError(f"qkv_features={qkv} must be divisible by num_heads={self.num_heads}")
+    return qkv, qkv // self.num_heads
+
+  def dense_heads(self, x: jnp.ndarray, name: str, heads: int, head_dim: int) -> jnp.ndarray:
+    """`[B, T, D]` -> `[B, T, heads, head_dim]` (a DenseGeneral with logical axis names)."""
+    return nn.DenseGeneral(
+      features=(heads, head_dim),
+      axis=-1,
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.with_logical_partitioning(default_kernel_init(), ("embed", "heads", "kv")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+      name=name,
+    )(x)
+
+  def project_qkv(
+    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, kv_heads: int | None = None
+  ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Query/key/value projections `[B, T, H, Dh]`; keys/values may have fewer heads (GQA)."""
+    _, head_dim = self.features(inputs_q)
+    kv_heads = kv_heads or self.num_heads
+    q = self.dense_heads(inputs_q, "query", self.num_heads, head_dim)
+    k = self.dense_heads(inputs_kv, "key", kv_heads, head_dim)
+    v = self.dense_heads(inputs_kv, "value", kv_heads, head_dim)
+    return q, k, v
+
+  def project_out(self, context: jnp.ndarray, out_features: int) -> jnp.ndarray:
+    """`[B, T, H, Dh]` -> `[B, T, out_features]`."""
+    return nn.DenseGeneral(
+      features=self.out_features or out_features,
+      axis=(-2, -1),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.with_logical_partitioning(default_kernel_init(), ("heads", "kv", "embed")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      name="out",
+    )(context)
+
+  def full_mask(self, mask: jnp.ndarray | None, q_len: int, kv_len: int) -> jnp.ndarray | None:
+    """The caller's mask AND the causal mask when `causal` is set."""
+    from models.attention import masks
+
+    return masks.combine(mask, masks.causal_mask(q_len, kv_len) if self.causal else None)
+
+  def weights_dropout(self, weights: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+    if self.dropout_rate > 0.0 and not deterministic:
+      return nn.Dropout(rate=self.dropout_rate, deterministic=False)(weights)
+    return weights
+
+
+def normalize(
+  scores: jnp.ndarray,
+  mask: jnp.ndarray | None = None,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+) -> jnp.ndarray:
+  """Masked softmax over the last axis with temperature and top-k.
+
+  w = softmax(s / τ) over the allowed keys; with `top_k` only the k largest allowed scores per
+  query survive. Rows with no allowed key get all-zero weights. Computed in float32.
+  """
+  s = scores.astype(jnp.float32) / temperature
+  if mask is not None:
+    s = jnp.where(mask, s, NEG_INF)
+  if top_k is not None and top_k < s.shape[-1]:
+    kth = jax.lax.top_k(s, top_k)[0][..., -1:]
+    s = jnp.where(s >= kth, s, NEG_INF)
+  w = jax.nn.softmax(s, axis=-1)
+  if mask is not None:
+    w = jnp.where(jnp.any(mask, axis=-1, keepdims=True), w, 0.0)
+  return w.astype(scores.dtype)
