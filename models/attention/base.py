@@ -16,7 +16,7 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,11 @@ def default_kernel_init() -> Callable:
 
 class Attention(nn.Module):
   """Fields shared by all attention types (subclass and add type-specific fields)."""
+
+  # Capabilities, read by the models (to reject unfit combinations) and the parameterised tests.
+  supports_causal: ClassVar[bool] = True  # implements the `causal` field
+  supports_cross: ClassVar[bool] = True  # keys/values may come from another sequence/length
+  dense_mask: ClassVar[bool] = True  # accepts any [B, H, Tq, Tk] mask, not only key padding
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size
