@@ -1,0 +1,47 @@
+"""Input pipelines: `get_datasets(config.data)` picks a task from `REGISTRY` by `config.data.name`.
+
+A task is a function `(data_config, *, workdir, process_index, process_count) -> Datasets`
+registered with `@register("name")` in its own module, imported at the bottom of this file.
+"""
+
+from collections.abc import Callable
+
+import ml_collections
+
+from input_pipeline.base import Datasets, TaskInfo
+
+REGISTRY: dict[str, Callable[..., Datasets]] = {}
+
+__all__ = ["REGISTRY", "Datasets", "TaskInfo", "get_datasets", "register"]
+
+
+def register(name: str):
+  def wrap(fn):
+    if name in REGISTRY:
+      raise ValueError(f"task {name!r} registered twice")
+    REGISTRY[name] = fn
+    return fn
+
+  return wrap
+
+
+def get(name: str) -> Callable[..., Datasets]:
+  if name not in REGISTRY:
+    raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
+
+
+def get_datasets(
+  config: ml_collections.ConfigDict,
+  *,
+  workdir: str | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Datasets:
+  """Datasets for `config.name`; batches are per process (`config.batch_size // process_count`)."""
+  return get(config.name)(
+    config, workdir=workdir, process_index=process_index, process_count=process_count
+  )
+
+
+from input_pipeline import synthetic  # noqa: E402,F401
