@@ -1,0 +1,87 @@
+"""Embedded default: a small Transformer learns to reverse sequences (no downloads).
+
+    python main.py --config=configs/default.py --workdir=runs/default
+    python main.py --config=configs/default.py:steps=500 --workdir=runs/quick \
+        --config.model.attention.name=additive
+
+`get_config(arg)` takes `key=value,key=value` (big_vision style); any field can also be
+overridden with `--config.a.b=value`.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, steps=2500)
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order
+
+  # Task: any name registered in input_pipeline/ (README lists them).
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "reverse"  # synthetic seq2seq: targets = reversed inputs + EOS
+  config.data.seed = config.get_ref("seed")
+  config.data.vocab_size = 16  # incl. padding (0) and EOS (1)
+  config.data.min_length = 4
+  config.data.max_length = 16
+  config.data.batch_size = 64  # global, over all processes and devices
+  config.data.eval_examples = 512
+
+  # Model: see models/ (family by name) and models/attention/ (attention by name).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "transformer"  # encoder-decoder
+  config.model.emb_dim = 64  # model width
+  config.model.num_heads = 4
+  config.model.num_encoder_layers = 2
+  config.model.num_decoder_layers = 2
+  config.model.qkv_dim = 64  # total query/key/value width (split over heads)
+  config.model.mlp_dim = 128
+  config.model.dropout_rate = 0.0
+  config.model.attention_dropout_rate = 0.0
+  config.model.max_len = 32  # longest input/target the model accepts
+  config.model.position = "sinusoidal"  # sinusoidal | learned | rotary
+  config.model.norm = "pre"  # pre | post (layer norm placement)
+  config.model.share_embeddings = True  # one embedding table for source and target
+  config.model.logits_via_embedding = True  # output projection tied to the embedding
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+  config.model.attention.implementation = "auto"  # scaled_dot only: auto | xla | jax
+
+  # Optimizer: optax.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"  # adamw | adam | sgd | adafactor
+  config.optimizer.learning_rate = 3e-3  # peak
+  config.optimizer.schedule = "warmup_cosine"  # constant | warmup_cosine | linear | rsqrt
+  config.optimizer.warmup_steps = 100
+  config.optimizer.weight_decay = 1e-4  # decoupled (adamw, adafactor)
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  config.optimizer.grad_accum_steps = 1  # >1: optax.MultiSteps, one update every k batches
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = args.steps  # batches consumed
+  config.train.eval_every_steps = 500  # also evaluates at the end
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 500
+  config.train.keep_checkpoints = 2  # the last K, plus the best by the main eval metric
+  config.train.on_nonfinite = "stop"  # stop | skip (skip the update; stop after max_nonfinite)
+  config.train.max_nonfinite = 10
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  # Logical parameter axes -> mesh axes (the batch is split over data and fsdp).
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config

@@ -1,0 +1,383 @@
+"""The one train/eval loop, for every task and model.
+
+    train_and_evaluate(config, workdir) -> results (also written to workdir/results.json)
+
+Data (`input_pipeline`), model (`models`), loss (`experiments.tasks`) and optimizer
+(`experiments.optim`) are chosen by name from the config; the loop is the same for all. The state
+is sharded over a ('data', 'fsdp', 'tensor') mesh by the logical axis names of its parameters;
+batches are split over ('data', 'fsdp'). A run resumes from the newest checkpoint in `workdir`,
+at the very batch it would have read next.
+"""
+
+import dataclasses
+import json
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax.training import train_state
+from jax.experimental import multihost_utils
+
+import input_pipeline
+import models
+from experiments import checkpoints, optim, preemption, sharding, tasks, validate
+
+RNG_STREAMS = ("dropout", "attention")
+TRANSIENT_COLLECTIONS = ("intermediates", "cache", "attention_state")
+
+
+class TrainState(train_state.TrainState):
+  """Parameters and optimizer state, plus non-trainable model variables (e.g. fixed features)."""
+
+  model_state: Any = None
+  nonfinite_in_a_row: jax.Array | int = 0
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class Step:
+  """The compiled pieces of one run."""
+
+  train: Callable
+  eval: Callable
+  compile_seconds: float
+
+
+def _rngs(seed: int, step) -> dict[str, jax.Array]:
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  return dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS)), strict=True))
+
+
+def _apply(state: TrainState, params, batch, *, train: bool, rngs=None):
+  return state.apply_fn(
+    {"params": params, **(state.model_state or {})}, batch, train=train, rngs=rngs
+  )
+
+
+def make_train_step(kind: str, seed: int, label_smoothing: float):
+  def train_step(state: TrainState, batch):
+    def loss_fn(params):
+      logits = _apply(state, params, batch, train=True, rngs=_rngs(seed, state.step))
+      return tasks.loss_and_metrics(kind, logits, batch, label_smoothing)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    updated = state.apply_gradients(grads=grads)
+    # A non-finite step leaves parameters and optimizer state untouched (and is reported).
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    kept = kept.replace(
+      step=state.step + 1,
+      nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+    )
+    return kept, metrics, finite
+
+  return train_step
+
+
+def make_eval_step(kind: str):
+  def eval_step(state: TrainState, batch):
+    logits = _apply(state, state.params, batch, train=False)
+    return tasks.loss_and_metrics(kind, logits, batch)[1]
+
+  return eval_step
+
+
+def _dummy_batch(dataset, global_batch_size: int) -> dict[str, np.ndarray]:
+  spec = dataset.element_spec
+  return {
+    k: np.zeros((global_batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in spec.items()
+  }
+
+
+def create_state(config, model, tx, mesh, example_batch) -> tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings (no host copy of the full model)."""
+  rules = config.mesh.logical_axis_rules
+
+  def init(rng):
+    rng_params, rng_other = jax.random.split(rng)
+    variables = model.init(
+      {"params": rng_params, **_rngs(config.seed, 0), "attention": rng_other},
+      example_batch,
+      train=False,
+    )
+    variables = {k: v for k, v in variables.items() if k not in TRANSIENT_COLLECTIONS}
+    params = variables.pop("params")
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  state_sharding = sharding.logical_shardings(abstract, mesh, rules)
+  state = jax.jit(init, out_shardings=state_sharding)(rng)
+  return state, state_sharding
+
+
+def compile_steps(config, kind, state, state_sharding, mesh, batch) -> Step:
+  """AOT-compiles the train and eval steps (timed, so compile time is reported apart)."""
+  batch_sharding = jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)
+  metrics_sharding = sharding.replicated(mesh)
+  start = time.perf_counter()
+  train = jax.jit(
+    make_train_step(kind, config.seed, config.train.get("label_smoothing", 0.0)),
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=(state_sharding, metrics_sharding, metrics_sharding),
+    donate_argnums=0,
+  )
+  train = train.lower(state, batch).compile()
+  eval_batch = {
+    **batch,
+    "valid": jax.device_put(np.ones(_batch_size(batch), bool), batch_sharding["inputs"]),
+  }
+  evaluate = jax.jit(
+    make_eval_step(kind),
+    in_shardings=(state_sharding, {**batch_sharding, "valid": batch_sharding["inputs"]}),
+    out_shardings=metrics_sharding,
+  )
+  evaluate = evaluate.lower(state, eval_batch).compile()
+  return Step(train, evaluate, time.perf_counter() - start)
+
+
+def _batch_size(batch) -> int:
+  return next(iter(batch.values())).shape[0]
+
+
+def evaluate(
+  step: Step, state, eval_batches: list[dict[str, np.ndarray]], mesh
+) -> dict[str, float]:
+  """Exact averages over the whole eval set (every process runs the same number of steps)."""
+  total = None
+  for batch in eval_batches:
+    metrics = step.eval(state, sharding.global_batch(batch, mesh))
+    total = metrics if total is None else total.merge(metrics)
+  return {k: float(v) for k, v in jax.device_get(total.compute()).items()}
+
+
+def _eval_batches(datasets) -> list[dict[str, np.ndarray]]:
+  """Materialises the eval set; processes with fewer batches pad with all-invalid ones."""
+  batches = list(datasets.eval_dataset().as_numpy_iterator())
+  n = len(batches)
+  if jax.process_count() > 1:
+    n = int(np.max(multihost_utils.process_allgather(np.array(n))))
+  if len(batches) < n:
+    filler = jax.tree.map(np.zeros_like, batches[0])
+    batches += [filler] * (n - len(batches))
+  return batches
+
+
+def _peak_memory_bytes() -> int:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process RSS
+
+
+def _improved(value: float, best: dict[str, float] | None, key: str, mode: str) -> bool:
+  if best is None:
+    return True
+  return value > best[key] if mode == "max" else value < best[key]
+
+
+class _Log:
+  """metrics.jsonl + TensorBoard (clu) + a progress line."""
+
+  def __init__(self, workdir: str, num_steps: int):
+    self.primary = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.num_steps = num_steps
+
+  def write(self, step: int, scalars: dict[str, float], wall: float) -> None:
+    self.writer.write_scalars(step, scalars)
+    if self.primary:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, "wall_seconds": round(wall, 3), **scalars}) + "\n")
+
+  def progress(self, step: int, loss: float, steps_per_sec: float, tokens_per_sec: float) -> None:
+    eta = (self.num_steps - step) / max(steps_per_sec, 1e-9)
+    logging.info(
+      "step %d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s  ETA %dm%02ds",
+      step, self.num_steps, loss, steps_per_sec, tokens_per_sec, eta // 60, eta % 60,
+    )  # fmt: skip
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  hooks: Sequence[Callable[[int], None]] = (),
+) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json's dict.
+
+  `hooks` are called with the step number after every step (e.g. to request a stop).
+  """
+  wall_start = time.time()
+  validate.check_config(config)
+  validate.prepare_workdir(workdir, config)
+  datasets = input_pipeline.get_datasets(
+    config.data,
+    workdir=workdir,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  info = datasets.info
+  validate.check_config_for_task(config, info)
+  model = models.build(config.model, info)
+  mesh = sharding.make_mesh(config.mesh.shape)
+  tx = optim.create(config.optimizer, config.train.num_steps)
+  kind, num_steps = info.kind, config.train.num_steps
+  metric_name, mode = tasks.MAIN_METRIC[kind]
+
+  with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
+    example = _dummy_batch(datasets.train_dataset(0), config.data.batch_size)
+    state, state_sharding = create_state(config, model, tx, mesh, example)
+    num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(state.params)))
+    ckpt = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints, metric_name, mode)
+    restored = ckpt.restore_latest(state)
+    meta = {"next_batch": 0, "best": None, "best_step": None, "wall_seconds": 0.0}
+    if restored is not None:
+      state, meta = restored
+      logging.info("resumed from step %d in %s", int(state.step), workdir)
+    start_step = int(state.step)
+    train_iter: Iterator = datasets.train_dataset(meta["next_batch"]).as_numpy_iterator()
+    eval_batches = _eval_batches(datasets)
+    first = sharding.global_batch(next(train_iter), mesh)
+    step_fns = compile_steps(config, kind, state, state_sharding, mesh, first)
+    logging.info("%d parameters; compiled in %.1fs", num_params, step_fns.compile_seconds)
+
+    log = _Log(workdir, num_steps)
+    tokens_per_step = tasks.batch_tokens(first)
+    wall_before = meta["wall_seconds"]
+    last_eval: dict[str, float] = {}
+    train_metrics, window_start, window_steps, train_seconds = None, time.perf_counter(), 0, 0.0
+    preemption.install_handlers()
+    batch = first
+    step = start_step
+    while step < num_steps:
+      state, metrics, finite = step_fns.train(state, batch)
+      step += 1
+      window_steps += 1
+      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+      if not bool(finite):
+        _handle_nonfinite(config, state, step, ckpt)
+      for hook in hooks:
+        hook(step)
+      is_last = step == num_steps
+      if step % config.train.log_every_steps == 0 or is_last:
+        jax.block_until_ready(state)
+        elapsed = time.perf_counter() - window_start
+        train_seconds += elapsed
+        scalars = {f"train/{k}": float(v) for k, v in train_metrics.compute().items()}
+        steps_per_sec = window_steps / elapsed
+        scalars |= {
+          "train/steps_per_sec": steps_per_sec,
+          "train/tokens_per_sec": steps_per_sec * tokens_per_step,
+        }
+        log.write(step, scalars, wall_before + time.time() - wall_start)
+        log.progress(step, scalars["train/loss"], steps_per_sec, scalars["train/tokens_per_sec"])
+        train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+      stop = preemption.stop_requested()
+      if step % config.train.eval_every_steps == 0 or is_last:
+        last_eval = {
+          f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()
+        }
+        log.write(step, last_eval, wall_before + time.time() - wall_start)
+        logging.info("eval at step %d: %s", step, _fmt(last_eval))
+        if _improved(last_eval[f"eval/{metric_name}"], meta["best"], f"eval/{metric_name}", mode):
+          meta |= {"best": last_eval, "best_step": step}
+          ckpt.save_best(
+            step, state, _meta(meta, step, wall_before, wall_start), _plain(last_eval, metric_name)
+          )
+        window_start = time.perf_counter()
+      if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
+        ckpt.save(step, state, _meta(meta, step, wall_before, wall_start), force=True)
+      if stop and not is_last:
+        ckpt.wait()
+        logging.warning(
+          "stopped at step %d on request; checkpoint saved. Run the same command to resume.", step
+        )
+        log.close()
+        ckpt.close()
+        return {"status": "preempted", "step": step}
+      if not is_last:
+        batch = sharding.global_batch(next(train_iter), mesh)
+    if not last_eval:  # the run had already finished: report its final state again
+      last_eval = {f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()}
+    ckpt.wait()
+    ckpt.close()
+    log.close()
+
+  results = {
+    "config": config.to_dict(),
+    "step": step,
+    "status": "finished",
+    "main_metric": f"eval/{metric_name}",
+    "metrics": last_eval,
+    "best": meta["best"] or last_eval,
+    "best_step": meta["best_step"],
+    "throughput": {
+      "steps_per_sec": (step - start_step) / train_seconds if train_seconds else None,
+      "tokens_per_sec": (step - start_step) * tokens_per_step / train_seconds
+      if train_seconds
+      else None,
+    },
+    "params": int(num_params),
+    "compile_seconds": step_fns.compile_seconds,
+    "peak_memory_bytes": _peak_memory_bytes(),
+    "wall_seconds": wall_before + time.time() - wall_start,
+  }
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def _meta(meta: dict[str, Any], step: int, wall_before: float, wall_start: float) -> dict[str, Any]:
+  return {**meta, "next_batch": step, "wall_seconds": wall_before + time.time() - wall_start}
+
+
+def _plain(metrics: dict[str, float], name: str) -> dict[str, float]:
+  return {name: metrics[f"eval/{name}"]}
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+  return "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def _handle_nonfinite(config, state, step: int, ckpt: checkpoints.Checkpoints) -> None:
+  in_a_row = int(state.nonfinite_in_a_row)
+  last_good = ckpt.latest.latest_step()
+  where = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint yet"
+  if config.train.on_nonfinite == "stop":
+    raise NonFiniteError(
+      f"non-finite loss or gradients at step {step}; the update was not applied and {where}. "
+      "Lower the learning rate, enable clipping, or set train.on_nonfinite=skip"
+    )
+  logging.warning(
+    "non-finite loss/gradients at step %d: update skipped (%d in a row)", step, in_a_row
+  )
+  if in_a_row >= config.train.max_nonfinite:
+    raise NonFiniteError(
+      f"{in_a_row} non-finite steps in a row up to step {step} (train.max_nonfinite="
+      f"{config.train.max_nonfinite}); {where}"
+    )
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
