@@ -27,6 +27,7 @@ def _multi_process() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(lambda r: "orbax" not in r.pathname)  # quiet checkpointing
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
