@@ -45,3 +45,9 @@ def get_datasets(
 
 
 from input_pipeline import synthetic  # noqa: E402,F401
+from input_pipeline import listops  # noqa: E402,F401
+from input_pipeline import text_classification  # noqa: E402,F401
+from input_pipeline import retrieval  # noqa: E402,F401
+from input_pipeline import image_sequence  # noqa: E402,F401
+from input_pipeline import translation  # noqa: E402,F401
+from input_pipeline import lm  # noqa: E402,F401

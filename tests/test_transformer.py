@@ -63,13 +63,11 @@ def test_train_step_loss_and_grad():
   variables = model.init(jax.random.key(0), batch, train=False)
 
   def loss_fn(params):
-    logits = model.apply(
-      {"params": params}, batch, train=True, rngs={"dropout": jax.random.key(1)}
-    )
+    logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(1)})
     labels = jax.nn.one_hot(batch["targets"], logits.shape[-1])
     return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
 
-  loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
   assert np.isfinite(float(loss))
   norms = jax.tree.leaves(jax.tree.map(lambda g: jnp.abs(g).sum(), grads))
   assert all(np.isfinite(float(n)) for n in norms)
@@ -129,10 +127,11 @@ def test_packing_keeps_segments_apart():
     "targets_position": np.array([list(range(2)) + list(range(3)) + [0]]),
   }
   packed = {k: jnp.asarray(v, jnp.int32) for k, v in packed.items()}
-  params = model.init(jax.random.key(0), packed)["params"]
-  logits = model.apply({"params": params}, packed)
-  alone_a = model.apply({"params": params}, {"inputs": a_in[None], "targets": a_tg[None]})
-  alone_b = model.apply({"params": params}, {"inputs": b_in[None], "targets": b_tg[None]})
+  params = jax.jit(model.init)(jax.random.key(0), packed)["params"]
+  apply = jax.jit(model.apply)
+  logits = apply({"params": params}, packed)
+  alone_a = apply({"params": params}, {"inputs": a_in[None], "targets": a_tg[None]})
+  alone_b = apply({"params": params}, {"inputs": b_in[None], "targets": b_tg[None]})
   np.testing.assert_allclose(logits[0, :2], alone_a[0], atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(logits[0, 2:5], alone_b[0], atol=1e-4, rtol=1e-4)
 

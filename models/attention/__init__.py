@@ -60,4 +60,11 @@ def build(config: Mapping[str, Any]) -> Callable[..., Attention]:
 
 
 # Importing a family module registers its types.
+from models.attention import additive  # noqa: E402,F401,I001
+from models.attention import convolutional  # noqa: E402,F401
+from models.attention import local  # noqa: E402,F401
+from models.attention import location_sensitive  # noqa: E402,F401
+from models.attention import luong  # noqa: E402,F401
+from models.attention import memory_efficient  # noqa: E402,F401
+from models.attention import recurrent  # noqa: E402,F401
 from models.attention import scaled_dot  # noqa: E402,F401

@@ -10,9 +10,24 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
 * `causal` (a field) makes query i see keys <= i; every type implements it its own cheapest way.
 * Weights, where a type forms them, are sown as `intermediates/attention_weights` `[B, H, Tq, Tk]`.
 * Recurrent state between decoder steps (e.g. the previous alignment of location-sensitive
-  attention) lives in the `attention_state` collection; an RNN decoder scanning over time carries
-  that collection (`nn.scan(..., variable_carry='attention_state')`). Autoregressive key/value
-  caches live in the `cache` collection (`decode=True`), as in flax.
+  attention) lives in the `attention_state` collection; this is the one mechanism for every
+  stateful type (class flag `stateful`). When the collection is mutable (and the model is not
+  being initialised) a call starts from the stored state, or the initial state where there is
+  none, and stores its own last state, so a decoder can step one query at a time by carrying
+  the collection from call to call, for any attention type:
+  * functionally: apply the step with `mutable=['attention_state']`, pass the returned
+    collection to the next step, and start a sequence with none; or
+  * inside a module: `layer.init_state(inputs_q, inputs_kv)` (creates/resets the state; a no-op
+    for stateless types), then `nn.scan(..., variable_carry='attention_state')`, with the model
+    applied with `mutable=['attention_state']`.
+  Without a mutable collection every call starts from the initial state and runs its queries in
+  order itself (a whole teacher-forced sequence, or a Transformer layer), so stepping and the
+  full call give the same result.
+* Autoregressive key/value caches live in the `cache` collection (`decode=True`), as in flax.
+* Shared pieces: `dense_heads`/`project_qkv`/`project_out` (projections), `full_mask` (caller's
+  mask AND causal), `normalize` (masked softmax with temperature and top-k) and `attend` (sow the
+  weights, dropout, weighted sum of the values). Score-based types derive from
+  `_scores.ScoredAttention`, which only asks them for their scores.
 """
 
 from collections.abc import Callable
@@ -37,6 +52,10 @@ class Attention(nn.Module):
   supports_causal: ClassVar[bool] = True  # implements the `causal` field
   supports_cross: ClassVar[bool] = True  # keys/values may come from another sequence/length
   dense_mask: ClassVar[bool] = True  # accepts any [B, H, Tq, Tk] mask, not only key padding
+  # Appending keys that a key-padding mask hides leaves the outputs unchanged. False only where
+  # the design mixes key positions before masking (e.g. a learned projection along the length).
+  padding_invariant: ClassVar[bool] = True
+  stateful: ClassVar[bool] = False  # keeps state between calls in `attention_state`
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size
@@ -46,6 +65,11 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
   use_bias: bool = True
+
+  def init_state(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None) -> None:
+    """Create or reset the `attention_state` of a stateful type for a new sequence of steps with
+    queries like `inputs_q` `[B, 1, Dq]` and keys `inputs_kv` `[B, Tk, Dkv]`; stateless: no-op."""
+    del inputs_q, inputs_kv
 
   # ----------------------------------------------------------------------------- helpers
 
@@ -103,6 +127,20 @@ class Attention(nn.Module):
     if self.dropout_rate > 0.0 and not deterministic:
       return nn.Dropout(rate=self.dropout_rate, deterministic=False)(weights)
     return weights
+
+  def attend(self, weights: jnp.ndarray, values: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+    """Sow the weights, drop some out, mix the values: the end of every weight-forming type.
+
+    `weights` `[B, H, Tq, Tk]`, `values` `[B, Tk, Hkv, Dh]` (Hkv divides H: query head h reads
+    value head h // (H / Hkv)) -> context `[B, Tq, H, Dh]`.
+    """
+    self.sow("intermediates", "attention_weights", weights)
+    weights = self.weights_dropout(weights, deterministic)
+    b, h, tq, tk = weights.shape
+    kv_heads = values.shape[2]
+    grouped = weights.reshape(b, kv_heads, h // kv_heads, tq, tk).astype(values.dtype)
+    context = jnp.einsum("bhgqk,bkhd->bqhgd", grouped, values)
+    return context.reshape(b, tq, h, values.shape[-1])
 
 
 def normalize(

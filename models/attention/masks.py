@@ -40,6 +40,11 @@ def combine(*masks: jnp.ndarray | None) -> jnp.ndarray | None:
   return out
 
 
+def as_4d(mask: jnp.ndarray) -> jnp.ndarray:
+  """A mask of fewer dimensions with leading 1s: `[Tq, Tk]` -> `[1, 1, Tq, Tk]`."""
+  return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+
+
 def key_padding(mask: jnp.ndarray | None, kv_len: int) -> jnp.ndarray | None:
   """Reduce a mask that only depends on keys (`[B, 1, 1, Tk]`) to `[B, Tk]`.
 

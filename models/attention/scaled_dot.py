@@ -3,12 +3,15 @@
     score_ij = q_i · k_j / √d,   w = softmax(score / τ) (top-k optional),   out = Σ_j w_ij v_j
 
 Vaswani et al. 2017, "Attention Is All You Need". `num_kv_heads < num_heads` gives grouped-query
-attention (Ainslie et al. 2023); `num_kv_heads = 1` multi-query attention (Shazeer 2019).
-Cost: O(T² d) time, O(T²) memory per head (the `jax` implementation may use cuDNN flash
-attention on a GPU, O(T) memory).
+attention (Ainslie et al. 2023, "GQA"); `num_kv_heads = 1` multi-query attention (Shazeer 2019,
+"Fast Transformer Decoding: One Write-Head is All You Need").
+Cost: O(Tq Tk d) time, O(Tq Tk) memory per head (for O(T) memory see `memory_efficient`).
 
-`implementation`: `xla` (plain einsum), `jax` (`jax.nn.dot_product_attention`), `auto` (the
-`jax` path where it applies, i.e. no temperature/top-k/sown weights needed, else `xla`).
+`implementation`: `xla` (plain einsum), `jax` (`jax.nn.dot_product_attention`, which lowers to
+the same XLA computation unless told otherwise), `auto` (the `jax` path where it applies, else
+`xla`). The `jax` path supports no temperature/top-k; when the weights are asked for (the
+`intermediates` collection is mutable) both `jax` and `auto` compute them on the `xla` path.
+Query rows with no allowed key give zeros on both paths.
 """
 
 import flax.linen as nn
@@ -21,15 +24,33 @@ from models.attention.base import Attention, normalize
 IMPLEMENTATIONS = ("auto", "xla", "jax")
 
 
-def dot_product_weights(q, k, mask, temperature=1.0, top_k=None):
-  """`[B, Tq, H, D]`, `[B, Tk, H, D]` -> weights `[B, H, Tq, Tk]` (k already repeated for GQA)."""
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+def dot_product_weights(
+  q: jnp.ndarray,
+  k: jnp.ndarray,
+  mask: jnp.ndarray | None,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+) -> jnp.ndarray:
+  """`[B, Tq, H, D]`, `[B, Tk, Hkv, D]` (Hkv divides H) -> weights `[B, H, Tq, Tk]`."""
+  b, tq, h, d = q.shape
+  kv_heads = k.shape[2]
+  grouped = q.reshape(b, tq, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, k).reshape(b, h, tq, k.shape[1])
+  scores = scores / jnp.sqrt(jnp.float32(d)).astype(scores.dtype)
   return normalize(scores, mask, temperature, top_k)
 
 
 def repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
   """`[B, T, Hkv, D]` -> `[B, T, H, D]` by repeating each kv head for its query group."""
   return jnp.repeat(x, num_heads // x.shape[2], axis=2)
+
+
+def check_kv_heads(num_heads: int, num_kv_heads: int | None) -> int:
+  """The number of key/value heads (`num_heads` when None); it must divide `num_heads`."""
+  kv = num_kv_heads or num_heads
+  if num_heads % kv:
+    raise ValueError(f"num_kv_heads={kv} must divide num_heads={num_heads}")
+  return kv
 
 
 @register("scaled_dot")
@@ -40,55 +61,59 @@ class ScaledDotProductAttention(Attention):
   implementation: str = "auto"
   temperature: float = 1.0
   top_k: int | None = None
-  decode: bool = False  # autoregressive: one query per call, keys/values cached
+  decode: bool = False  # autoregressive: keys/values cached, see `update_cache`
 
   def kv_heads(self) -> int:
-    kv = self.num_kv_heads or self.num_heads
-    if self.num_heads % kv:
-      raise ValueError(f"num_kv_heads={kv} must divide num_heads={self.num_heads}")
-    return kv
+    return check_kv_heads(self.num_heads, self.num_kv_heads)
 
   def use_jax_kernel(self) -> bool:
     if self.implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation={self.implementation!r}; valid: {IMPLEMENTATIONS}")
-    plain = self.temperature == 1.0 and self.top_k is None and not self.is_mutable_collection(
-      "intermediates"
-    )
+    plain = self.temperature == 1.0 and self.top_k is None
     if self.implementation == "jax" and not plain:
       raise ValueError("implementation='jax' supports no temperature/top_k; use 'xla' or 'auto'")
-    return self.implementation == "jax" or (self.implementation == "auto" and plain)
+    wants_weights = self.is_mutable_collection("intermediates")
+    return self.implementation in ("jax", "auto") and plain and not wants_weights
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, deterministic=True):
+  def __call__(
+    self,
+    inputs_q: jnp.ndarray,
+    inputs_kv: jnp.ndarray | None = None,
+    *,
+    mask: jnp.ndarray | None = None,
+    deterministic: bool = True,
+  ) -> jnp.ndarray:
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     q, k, v = self.project_qkv(inputs_q, inputs_kv, self.kv_heads())
-    q_len, kv_len = q.shape[1], k.shape[1]
+    q_len = q.shape[1]
     causal_offset = 0
     if self.decode:
       k, v, mask, causal_offset = self.update_cache(k, v, mask)
-      kv_len = k.shape[1]
+    kv_len = k.shape[1]
     mask = masks.combine(
       mask, masks.causal_mask(q_len, kv_len, causal_offset) if self.causal else None
     )
     use_dropout = self.dropout_rate > 0.0 and not deterministic
     if self.use_jax_kernel() and not use_dropout:
-      context = jax.nn.dot_product_attention(
-        q, k, v, mask=None if mask is None else jnp.broadcast_to(
-          mask, (q.shape[0], 1 if mask.shape[1] == 1 else self.num_heads, q_len, kv_len)
-        )
-      )
+      if mask is not None:
+        mask = masks.as_4d(jnp.asarray(mask, bool))
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      if mask is not None:  # rows with no allowed key: zeros, as on the xla path
+        any_key = jnp.any(mask, axis=-1)  # [B|1, H|1, Tq]
+        context = context * jnp.transpose(any_key, (0, 2, 1))[..., None].astype(context.dtype)
     else:
-      w = dot_product_weights(q, repeat_kv(k, self.num_heads), mask, self.temperature, self.top_k)
-      self.sow("intermediates", "attention_weights", w)
-      w = self.weights_dropout(w, deterministic)
-      context = jnp.einsum("bhqk,bkhd->bqhd", w, repeat_kv(v, self.num_heads))
+      w = dot_product_weights(q, k, mask, self.temperature, self.top_k)
+      context = self.attend(w, v, deterministic)
     return self.project_out(context, inputs_q.shape[-1])
 
   def update_cache(self, k, v, mask):
     """Writes this step's keys/values at the cache index; returns the whole cache.
 
     Initialise with the full-length input (`model.init(..., decode=True)` on a `[B, T_max, D]`
-    query); each later call takes one position `[B, 1, D]`.
+    query); each later call takes the next positions `[B, t, D]` (usually t = 1). Returns the
+    cached keys/values `[B, T_max, Hkv, Dh]`, the mask AND "filled so far", and the absolute
+    position of this call's first query (the causal offset).
     """
     is_initialized = self.has_variable("cache", "cached_key")
     cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)

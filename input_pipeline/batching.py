@@ -1,0 +1,447 @@
+"""Shared batching for every file/tfds task: in-memory examples -> deterministic tf.data batches.
+
+A task loads its splits once into `Examples` (numpy: ragged token sequences + scalar features,
+tokenised at load time, optionally cached in the workdir) and hands them to `make_datasets`, which
+builds the train and eval streams of the batch contract in docs/architecture.md:
+
+* train: an infinite stream. Epoch `e` visits this process's examples in the order
+  `stateless_shuffle(range(n), seed=[data.seed, e])`; the stream is then batched in one of three
+  ways (`data.pack`, `data.bucket_by_length`, or neither):
+
+  - padded (default): every sequence padded (with 0) to its task maximum -> static shapes
+    `[B, L]`, one `tf.gather` per batch. Resuming at `start_batch` jumps straight to example
+    `start_batch * B` of the stream (no replay).
+  - `pack` (seq2seq / lm): several examples share one row, flax `examples/wmt` style. Adds
+    `<key>_segmentation` (1, 2, ... per example in a row, 0 = padding) and `<key>_position`
+    (0, 1, ... restarting per example) for every sequence key. Examples are taken in chunks of
+    `PACK_CHUNK` and placed greedily (next fit) in order; an example goes to the same row and
+    segment in every key (inputs and targets never mix). Resume: `.skip(start_batch)`.
+  - `bucket_by_length`: examples grouped by length into buckets with boundaries at powers of two
+    (8, 16, ..., max length); each batch is padded to its bucket boundary, so the length dimension
+    varies between batches (a loop that compiles one shape needs `pack` or the padded default).
+    Resume: `.skip(start_batch)`.
+
+* eval: every example of this process's shard once, in file order, padded to the task maxima;
+  the last partial batch is padded and masked with `valid = False` (`base.pad_eval_batches`).
+  With `pack`, eval batches are not packed but carry the same keys (segment 1 on tokens, positions
+  0..len-1), so train and eval batches have the same structure.
+
+Multi-process: each process keeps a disjoint share. Given a whole split, `make_datasets` keeps
+the examples `process_index, process_index + process_count, ...` (what `Dataset.shard(
+process_count, process_index)` keeps); tfds tasks read only their share of the (large) train split
+with `tfds_split(...)` (a `tfds.even_splits` shard) and pass `train_sharded=True`. Eval splits are
+small: read whole, cut to `eval_examples`, then sharded by index. Batches are
+`batch_size // process_count` per process.
+"""
+
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from input_pipeline.base import Datasets, TaskInfo, pad_eval_batches
+
+PACK_CHUNK = 1024  # examples packed together (part of the deterministic stream: do not vary)
+MIN_BUCKET = 8
+_FOREVER = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class Ragged:
+  """`n` variable-length integer sequences: sequence i is `values[splits[i]:splits[i + 1]]`."""
+
+  values: np.ndarray  # [total] (smallest integer dtype that holds the ids)
+  splits: np.ndarray  # [n + 1] int64, splits[0] = 0
+
+  @classmethod
+  def from_sequences(cls, seqs: Sequence[Sequence[int]], max_id: int | None = None) -> "Ragged":
+    lengths = np.fromiter((len(s) for s in seqs), np.int64, count=len(seqs))
+    splits = np.zeros(len(seqs) + 1, np.int64)
+    np.cumsum(lengths, out=splits[1:])
+    values = np.fromiter(itertools.chain.from_iterable(seqs), np.int64, count=int(splits[-1]))
+    return cls(values.astype(id_dtype(max_id if max_id is not None else _max(values))), splits)
+
+  @classmethod
+  def from_dense(cls, array: np.ndarray) -> "Ragged":
+    """`[n, L]` -> n sequences of length L each."""
+    n, length = array.shape
+    return cls(array.reshape(-1), np.arange(n + 1, dtype=np.int64) * length)
+
+  def __len__(self) -> int:
+    return len(self.splits) - 1
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.splits)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self.values[self.splits[i] : self.splits[i + 1]]
+
+  def take(self, indices: np.ndarray) -> "Ragged":
+    """The sequences at `indices`, in that order."""
+    starts, lengths = self.splits[indices], self.lengths[indices]
+    splits = np.zeros(len(indices) + 1, np.int64)
+    np.cumsum(lengths, out=splits[1:])
+    offsets = np.repeat(starts - splits[:-1], lengths)
+    return Ragged(self.values[np.arange(splits[-1]) + offsets], splits)
+
+  def truncate(self, max_length: int, keep_last: bool = False) -> "Ragged":
+    """Keep the first `max_length` ids of every sequence (with `keep_last`: the first
+    `max_length - 1` and the sequence's last id, e.g. EOS)."""
+    if len(self) == 0 or self.lengths.max() <= max_length:
+      return self
+    lengths = np.minimum(self.lengths, max_length)
+    keep = np.arange(len(self.values)) - np.repeat(self.splits[:-1], self.lengths)
+    keep = keep < np.repeat(lengths, self.lengths)
+    splits = np.zeros(len(self) + 1, np.int64)
+    np.cumsum(lengths, out=splits[1:])
+    values = self.values[keep]
+    if keep_last:
+      cut = np.flatnonzero(self.lengths > max_length)
+      values[splits[cut + 1] - 1] = self.values[self.splits[cut + 1] - 1]
+    return Ragged(values, splits)
+
+  def to_tf(self) -> tf.RaggedTensor:
+    return tf.RaggedTensor.from_row_splits(self.values, self.splits, validate=False)
+
+
+def id_dtype(max_id: int) -> np.dtype:
+  """The smallest unsigned dtype for ids in [0, max_id] (memory: ids are cast to int32 per batch)."""
+  for dtype in (np.uint8, np.uint16, np.int32):
+    if max_id <= np.iinfo(dtype).max:
+      return np.dtype(dtype)
+  raise ValueError(f"token id {max_id} does not fit int32")
+
+
+def _max(values: np.ndarray) -> int:
+  return int(values.max()) if values.size else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """One split in memory: `sequences[k]` ragged token ids, `scalars[k]` `[n]` (e.g. labels)."""
+
+  sequences: dict[str, Ragged]
+  scalars: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    sizes = {k: len(v) for k, v in {**self.sequences, **self.scalars}.items()}
+    if len(set(sizes.values())) > 1:
+      raise ValueError(f"features have different numbers of examples: {sizes}")
+
+  def __len__(self) -> int:
+    return len(next(iter(self.sequences.values())))
+
+  def take(self, indices: np.ndarray) -> "Examples":
+    return Examples(
+      {k: v.take(indices) for k, v in self.sequences.items()},
+      {k: v[indices] for k, v in self.scalars.items()},
+    )
+
+  def first(self, n: int | None) -> "Examples":
+    """The first `n` examples (all if `n` is falsy)."""
+    return self.take(np.arange(min(n, len(self)))) if n else self
+
+  def shard(self, process_index: int, process_count: int) -> "Examples":
+    """Examples i with i % process_count == process_index (= `Dataset.shard`)."""
+    if process_count == 1:
+      return self
+    return self.take(np.arange(process_index, len(self), process_count))
+
+  def truncate(self, lengths: Mapping[str, int]) -> "Examples":
+    return Examples(
+      {k: v.truncate(lengths[k]) for k, v in self.sequences.items()}, dict(self.scalars)
+    )
+
+  def filter_longer(self, lengths: Mapping[str, int]) -> "Examples":
+    """Drop examples with any sequence longer than its maximum (flax wmt's training filter)."""
+    keep = np.ones(len(self), bool)
+    for k, v in self.sequences.items():
+      keep &= v.lengths <= lengths[k]
+    return self if keep.all() else self.take(np.flatnonzero(keep))
+
+  def num_tokens(self) -> int:
+    return int(sum(v.splits[-1] for v in self.sequences.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache: tokenised splits as .npz in the workdir, so tokenisation runs once per run directory.
+
+
+def cache_key(**parts) -> str:
+  """A short stable hash of JSON-able `parts` (config fields, file identities, vocab hash)."""
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_identity(path: str) -> dict:
+  """What identifies a file's content cheaply: path, size, modification time."""
+  stat = tf.io.gfile.stat(path)
+  return {"path": path, "size": stat.length, "mtime": stat.mtime_nsec}
+
+
+def cached(
+  workdir: str | None, name: str, key: str, build: Callable[[], dict[str, Examples]]
+) -> dict[str, Examples]:
+  """`build()` once, stored as `workdir/data_cache/<name>-<key>.npz`; no cache without workdir."""
+  if not workdir:
+    return build()
+  path = os.path.join(workdir, "data_cache", f"{name}-{key}.npz")
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return _from_npz(np.load(io.BytesIO(f.read()), allow_pickle=False))
+  splits = build()
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  tmp = f"{path}.tmp{os.getpid()}"
+  buffer = io.BytesIO()
+  np.savez(buffer, **_to_npz(splits))
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(buffer.getvalue())
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return splits
+
+
+def _to_npz(splits: dict[str, Examples]) -> dict[str, np.ndarray]:
+  out = {}
+  for split, ex in splits.items():
+    for k, v in ex.sequences.items():
+      out[f"{split}/seq/{k}/values"], out[f"{split}/seq/{k}/splits"] = v.values, v.splits
+    for k, v in ex.scalars.items():
+      out[f"{split}/scalar/{k}"] = v
+  return out
+
+
+def _from_npz(data) -> dict[str, Examples]:
+  splits: dict[str, Examples] = {}
+  for name in data.files:
+    split, kind, key, *rest = name.split("/")
+    ex = splits.setdefault(split, Examples({}, {}))
+    if kind == "scalar":
+      ex.scalars[key] = data[name]
+    elif rest == ["values"]:
+      ex.sequences[key] = Ragged(data[name], data[f"{split}/seq/{key}/splits"])
+  return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# tfds
+
+
+def tfds_split(split: str, process_index: int, process_count: int):
+  """This process's disjoint share of a tfds split (`tfds.split_for_jax_process` without jax)."""
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+
+
+def load_tfds(name: str, split, data_dir: str | None, **kwargs) -> tf.data.Dataset:
+  """`tfds.load` of an already built dataset, or a FileNotFoundError saying how to build it."""
+  try:
+    return tfds.load(name, split=split, data_dir=data_dir, download=False, **kwargs)
+  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    raise FileNotFoundError(
+      f"tfds dataset {name!r} (split {split}) is not prepared in "
+      f"{data_dir or 'the default tfds data dir'}; on a machine with network access run "
+      f"`tfds build {name}{where}` (and copy the directory here): {e}"
+    ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+
+
+def _to_tf(examples: Examples) -> tuple[dict[str, tf.RaggedTensor], dict[str, tf.Tensor]]:
+  return (
+    {k: v.to_tf() for k, v in examples.sequences.items()},
+    {k: tf.constant(v) for k, v in examples.scalars.items()},
+  )
+
+
+def _epoch_indices(n: int, seed: int, first_epoch: int) -> tf.data.Dataset:
+  """Indices of an infinite stream of epochs, each a seeded permutation of range(n)."""
+
+  def epoch(e):
+    perm = tf.random.experimental.stateless_shuffle(
+      tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
+    )
+    return tf.data.Dataset.from_tensor_slices(perm)
+
+  return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch)
+
+
+def _gather(sequences, scalars, lengths, idx, dense: bool):
+  """Examples `idx` (`[N]`) -> dict of `[N, L_k]` int32 (dense) or ragged `[N, None]` int32."""
+  out = {}
+  for k, rt in sequences.items():
+    rows = tf.gather(rt, idx)
+    rows = rows.with_values(tf.cast(rows.values, tf.int32))
+    out[k] = rows.to_tensor(0, shape=[idx.shape[0], lengths[k]]) if dense else rows
+  for k, v in scalars.items():
+    out[k] = tf.cast(tf.gather(v, idx), tf.int32)
+  return out
+
+
+def pack_rows(chunk: dict[str, tf.RaggedTensor], lengths: Mapping[str, int]) -> dict:
+  """Pack ragged examples `[N, None]` (each no longer than `lengths[k]`) into rows `[M, L_k]`.
+
+  Next fit, in order: an example starts a new row when any of its sequences would overflow. Returns
+  `k`, `k_segmentation` (1.. per example in its row, 0 = padding), `k_position` (0.. per example).
+  """
+  keys = sorted(chunk)
+  lens = tf.stack([chunk[k].row_lengths() for k in keys], axis=1)  # [N, K]
+  caps = tf.constant([lengths[k] for k in keys], tf.int64)
+
+  def place(state, length):
+    row, used, segment = state
+    fits = tf.reduce_all(used + length <= caps)
+    return (
+      tf.where(fits, row, row + 1),
+      tf.where(fits, used, tf.zeros_like(used)) + length,
+      tf.where(fits, segment + 1, tf.ones_like(segment)),
+    )
+
+  init = (tf.constant(-1, tf.int64), caps + 1, tf.constant(0, tf.int64))
+  rows, used, segments = tf.scan(place, lens, initializer=init)
+  starts = used - lens  # [N, K] column of each example's first token
+  num_rows = rows[-1] + 1
+  out = {}
+  for j, k in enumerate(keys):
+    rt = chunk[k]
+    example = rt.value_rowids()
+    position = tf.range(tf.size(rt.values, out_type=tf.int64)) - tf.gather(rt.row_starts(), example)
+    where = tf.stack([tf.gather(rows, example), tf.gather(starts[:, j], example) + position], 1)
+    shape = tf.stack([num_rows, lengths[k]])
+    out[k] = tf.scatter_nd(where, rt.values, shape)
+    out[f"{k}_segmentation"] = tf.scatter_nd(
+      where, tf.cast(tf.gather(segments, example), tf.int32), shape
+    )
+    out[f"{k}_position"] = tf.scatter_nd(where, tf.cast(position, tf.int32), shape)
+  return out
+
+
+def _unpacked_segmentation(ex: dict, keys: Sequence[str]) -> dict:
+  """Segment 1 / positions 0.. for unpacked examples, so they look like packed ones."""
+  out = dict(ex)
+  for k in keys:
+    mask = tf.cast(ex[k] != 0, tf.int32)
+    out[f"{k}_segmentation"] = mask
+    out[f"{k}_position"] = tf.range(tf.shape(ex[k])[-1], dtype=tf.int32) * mask
+  return out
+
+
+def _bucket_boundaries(max_length: int) -> list[int]:
+  bounds, b = [], MIN_BUCKET
+  while b < max_length:
+    bounds.append(b)
+    b *= 2
+  return [*bounds, max_length]
+
+
+def make_datasets(
+  train: Examples,
+  eval_: Examples,
+  info: TaskInfo,
+  config,
+  *,
+  lengths: Mapping[str, int],
+  process_index: int = 0,
+  process_count: int = 1,
+  train_sharded: bool = False,
+) -> Datasets:
+  """The task's `Datasets` from the whole eval split and the whole train split (or, with
+  `train_sharded`, this process's share of it, e.g. a `tfds_split`).
+
+  `lengths[k]`: maximum length of sequence feature `k` (longer sequences must already be cut or
+  dropped). Reads `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; taken
+  before sharding, so the eval set does not depend on the number of processes), and the
+  optional `config.pack` / `config.bucket_by_length`.
+  """
+  pack = bool(config.get("pack", False))
+  bucket = bool(config.get("bucket_by_length", False))
+  if pack and bucket:
+    raise ValueError("data.pack and data.bucket_by_length are exclusive; pick one")
+  if pack and (train.scalars or info.kind not in ("seq2seq", "lm")):
+    raise ValueError(f"data.pack=True needs a seq2seq or lm task, not {info.kind!r}")
+  if config.batch_size % process_count:
+    raise ValueError(
+      f"data.batch_size={config.batch_size} must divide by {process_count} processes"
+    )
+  local = config.batch_size // process_count
+  eval_ = eval_.first(config.get("eval_examples", 0)).shard(process_index, process_count)
+  if not train_sharded:
+    train = train.shard(process_index, process_count)
+  if len(train) == 0:
+    raise ValueError(f"no training examples for process {process_index}/{process_count}")
+  train, eval_ = train.truncate(lengths), eval_.truncate(lengths)
+  seq_keys = sorted(train.sequences)
+  seed = int(config.seed)
+  tensors: dict[str, tuple] = {}
+
+  def as_tf(split: str, examples: Examples):
+    if split not in tensors:  # once per Datasets: shared by every train_dataset(start) call
+      tensors[split] = _to_tf(examples)
+    return tensors[split]
+
+  def train_dataset(start_batch: int = 0) -> tf.data.Dataset:
+    sequences, scalars = as_tf("train", train)
+    n = len(train)
+    if not (pack or bucket):
+      first_epoch, offset = divmod(start_batch * local, n)
+      idx = _epoch_indices(n, seed, first_epoch).skip(offset).batch(local, drop_remainder=True)
+      ds = idx.map(
+        lambda i: _gather(sequences, scalars, lengths, i, dense=True),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+      )
+      return ds.prefetch(tf.data.AUTOTUNE)
+    idx = _epoch_indices(n, seed, 0)
+    if pack:
+      ds = idx.batch(PACK_CHUNK).map(
+        lambda i: pack_rows(_gather(sequences, {}, lengths, i, dense=False), lengths),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+      )
+      ds = ds.unbatch().batch(local, drop_remainder=True)
+    else:
+      ds = idx.map(lambda i: _gather(sequences, scalars, lengths, i[None], dense=False))
+      ds = ds.map(lambda ex: {k: v[0] for k, v in ex.items()})
+      longest = max(lengths[k] for k in seq_keys)
+      bounds = _bucket_boundaries(longest)
+      ds = ds.bucket_by_sequence_length(
+        lambda ex: tf.reduce_max([tf.shape(ex[k])[0] for k in seq_keys]),
+        bucket_boundaries=[b + 1 for b in bounds],
+        bucket_batch_sizes=[local] * (len(bounds) + 1),
+        pad_to_bucket_boundary=False,
+        padded_shapes={k: [None] if k in seq_keys else [] for k in train.sequences | train.scalars},
+        drop_remainder=True,
+      )
+      ds = ds.map(lambda b: _pad_to_boundary(b, seq_keys, bounds))
+    return ds.skip(start_batch).prefetch(tf.data.AUTOTUNE)
+
+  def eval_dataset() -> tf.data.Dataset:
+    sequences, scalars = as_tf("eval", eval_)
+    idx = tf.data.Dataset.range(len(eval_)).batch(max(local, 1))
+    ds = idx.map(lambda i: _gather(sequences, scalars, lengths, i, dense=True)).unbatch()
+    if pack:
+      ds = ds.map(lambda ex: _unpacked_segmentation(ex, seq_keys))
+    return pad_eval_batches(ds, local)
+
+  return Datasets(train_dataset, eval_dataset, info)
+
+
+def _pad_to_boundary(batch: dict, keys: Sequence[str], bounds: Sequence[int]) -> dict:
+  """Pad a bucket's sequences to the bucket's length (the smallest boundary >= its longest)."""
+  longest = tf.reduce_max([tf.shape(batch[k])[1] for k in keys])
+  target = tf.gather(bounds, tf.searchsorted(tf.constant(bounds), longest[None]))[0]
+  out = dict(batch)
+  for k in keys:
+    out[k] = tf.pad(batch[k], [[0, 0], [0, target - tf.shape(batch[k])[1]]])
+  return out

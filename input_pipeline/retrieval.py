@@ -1,0 +1,93 @@
+"""LRA Retrieval (document matching on the ACL Anthology Network): do two papers cite each other?
+
+Rows `label<TAB>id1<TAB>id2<TAB>text1<TAB>text2` without a header: LRA's released
+`lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv` (labels written as `0`/`1` or
+`0.0`/`1.0`). Both documents are byte-level (id = byte + 2, vocabulary 258) and cut to
+`max_length` (LRA: 4000 each). Batches: `inputs [B, L]`, `inputs2 [B, L]`, `label [B]`
+(2 classes). A row with another number of fields, or a label other than 0/1, is a ValueError
+naming the file and line. Tokenised splits are cached in `workdir/data_cache/`.
+
+`config.data` fields:
+  name: 'retrieval'
+  data_dir: directory with LRA's new_aan_pairs.*.tsv (used when train_path/eval_path are unset)
+  eval_split: 'eval' | 'test' (which LRA file, with data_dir)
+  train_path, eval_path: explicit files (plain or .gz)
+  max_length: bytes per document (LRA: 4000)
+  batch_size: global; seed: shuffle seed; eval_examples: first N eval examples (0: all)
+"""
+
+import os
+
+import numpy as np
+
+from input_pipeline import register
+from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.batching import Examples, cache_key, cached, file_identity, make_datasets
+from input_pipeline.text import ByteTokenizer, parse_label, read_rows, require_file
+
+NUM_CLASSES = 2
+FIELDS = ("label", "id1", "id2", "text1", "text2")
+LRA_FILE = "new_aan_pairs.{split}.tsv"
+
+
+def read_pairs(path: str, field: str, max_length: int) -> Examples:
+  """An LRA matching TSV -> `inputs`, `inputs2` (byte ids) and `label`."""
+  require_file(path, field)
+  labels, texts1, texts2 = [], [], []
+  for line, row in read_rows(path, field, delimiter="\t", quoting=False):
+    if len(row) != len(FIELDS):
+      raise ValueError(
+        f"{path}:{line}: expected {len(FIELDS)} tab-separated fields "
+        f"({'<TAB>'.join(FIELDS)}), got {len(row)}"
+      )
+    labels.append(parse_label(row[0], path, line, NUM_CLASSES))
+    texts1.append(row[3])
+    texts2.append(row[4])
+  tokenizer = ByteTokenizer()
+  return Examples(
+    {
+      "inputs": tokenizer.encode(texts1, max_length=max_length),
+      "inputs2": tokenizer.encode(texts2, max_length=max_length),
+    },
+    {"label": np.asarray(labels, np.int32)},
+  )
+
+
+@register("retrieval")
+def retrieval(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
+  """LRA Retrieval from TSV files (see the module docstring for the fields)."""
+  max_length = int(config.get("max_length", 4000))
+  data_dir = config.get("data_dir")
+  paths = {}
+  for split, field, lra_split in (
+    ("train", "train_path", "train"),
+    ("eval", "eval_path", config.get("eval_split", "eval")),
+  ):
+    path = config.get(field) or (
+      os.path.join(data_dir, LRA_FILE.format(split=lra_split)) if data_dir else None
+    )
+    paths[split] = require_file(path, f"data.{field} (or data.data_dir)")
+  key = cache_key(files=[file_identity(p) for p in paths.values()], max_length=max_length)
+  data = cached(
+    workdir,
+    "retrieval",
+    key,
+    lambda: {s: read_pairs(p, f"data.{s}_path", max_length) for s, p in paths.items()},
+  )
+  tokenizer = ByteTokenizer()
+  info = TaskInfo(
+    kind="retrieval",
+    vocab_size=tokenizer.vocab_size,
+    max_input_length=max_length,
+    num_classes=NUM_CLASSES,
+    detokenize=tokenizer.decode,
+  )
+  return make_datasets(
+    data["train"],
+    data["eval"],
+    info,
+    config,
+    lengths={"inputs": max_length, "inputs2": max_length},
+    process_index=process_index,
+    process_count=process_count,
+  )
