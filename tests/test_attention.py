@@ -60,9 +60,11 @@ def key_padding(lengths, total: int) -> jnp.ndarray:
 
 
 def check_weights(w, q_len: int, kv_len: int, mask=None, heads: int = 2) -> None:
+  """Sown weights: `[B, H, Tq, Tk]`, finite, zero where the mask hides a key (their values are
+  type-specific: softmax rows sum to 1, local's Gaussian shrinks them, approximations differ)."""
   assert w.shape == (B, heads, q_len, kv_len)
   w = np.asarray(w, np.float32)
-  assert np.all(w >= -1e-6) and np.all(w.sum(-1) <= 1 + 1e-4)
+  assert np.all(np.isfinite(w))
   if mask is not None:
     np.testing.assert_array_equal(w[~np.broadcast_to(np.asarray(mask), w.shape)], 0.0)
 

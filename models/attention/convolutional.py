@@ -4,12 +4,16 @@
     e_ij = vᵀ tanh(Σ_{r=0}^{K-1} W_c[r] p_{i, j + r - ⌊(K-1)/2⌋} + b)    (zero outside 0..Tk-1)
 
 i.e. a 1-D convolution W_c of width K (`kernel_size`) along key positions over the paired
-features of each query, as in the convolutional attention of Yin, Schütze, Xiang, Zhou 2016,
-"ABCNN: Attention-Based Convolutional Neural Network for Modeling Sentence Pairs" (here scored
-by a learned v, per head). Pairs that the mask hides are zeroed before the convolution, so hidden
-keys (padding, the future under `causal`) cannot leak into their neighbours' scores. Since x_q_i
-is the same along j, W_c splits into a query part, summed over the visible taps, and a key part:
-the paired tensor `[B, Tq, Tk, Dq + Dkv]` is never formed.
+features of each query, scored by a learned v per head. Convolutional attention over the source
+conditioned on the decoder state follows Allamanis, Peng, Sutton 2016, "A Convolutional Attention
+Network for Extreme Summarization of Source Code" (there the convolved source features are gated
+by the state; here the state is paired with each key before the convolution, as in the
+equation).
+
+Pairs that the mask hides are zeroed before the convolution, so hidden keys (padding, the future
+under `causal`) cannot leak into their neighbours' scores. Since x_q_i is the same along j, W_c
+splits into a query part, summed over the visible taps, and a key part: the paired tensor
+`[B, Tq, Tk, Dq + Dkv]` is never formed.
 
 Cost: O(Tq Tk K d) time, O(Tq Tk (K + d)) memory per head group (the convolution output is
 formed for every query-key pair).

@@ -3,9 +3,10 @@
     h_ij = LSTM([x_q_i ; x_kv_j], h_i,j-1)          (run over j = 0..Tk-1 for every query i)
     e_ij = vᵀ tanh(W_r h_ij + b_r)                   (per head: W_r `[hidden, Dh]`, v `[Dh]`)
 
-In the spirit of the recurrent scoring of Rocktäschel, Grefenstette, Hermann, Kočiský, Blunsom
-2016, "Reasoning about Entailment with Neural Attention", where an LSTM conditions each key's score
-on the query and on the keys before it. The LSTM (`nn.RNN` over `nn.OptimizedLSTMCell`) runs
+A recurrent scoring function in the spirit of Rocktäschel, Grefenstette, Hermann, Kočiský,
+Blunsom 2016, "Reasoning about Entailment with Neural Attention" (there the recurrence runs over
+the queries; here, as in the equation, an LSTM runs over the keys, so each key's score depends on
+the query and on the keys before it). The LSTM (`nn.RNN` over `nn.OptimizedLSTMCell`) runs
 forwards, so the score of key j reads keys <= j only: causality needs no extra care, and keys
 appended after the sequence (padding) cannot change earlier scores. Keys hidden by a mask in the
 middle of the sequence are still read by the LSTM; only their scores are masked.
