@@ -45,9 +45,13 @@ def get_datasets(
 
 
 from input_pipeline import synthetic  # noqa: E402,F401
-from input_pipeline import listops  # noqa: E402,F401
-from input_pipeline import text_classification  # noqa: E402,F401
-from input_pipeline import retrieval  # noqa: E402,F401
-from input_pipeline import image_sequence  # noqa: E402,F401
-from input_pipeline import translation  # noqa: E402,F401
-from input_pipeline import lm  # noqa: E402,F401
+
+# isort: split
+from input_pipeline import (  # noqa: E402,F401
+  image_sequence,
+  listops,
+  lm,
+  retrieval,
+  text_classification,
+  translation,
+)

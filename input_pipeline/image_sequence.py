@@ -79,4 +79,3 @@ def image_sequence(config, *, workdir=None, process_index=0, process_count=1) ->
     process_count=process_count,
     train_sharded=True,
   )
-

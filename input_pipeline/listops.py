@@ -5,11 +5,13 @@ Reads `<task>_train.tsv` and `<task>_{val,test}.tsv` from `data_dir`: LRA's rele
 input_pipeline.listops_generate`. A header row names the `Source` and `Target` columns (any
 order); without one, column 1 is the source and column 2 the target.
 
-Word-level tokens from a fixed vocabulary (`VOCAB`: 0 = padding, then operators, `]`, digits;
-LRA's `(` `)` are dropped unless `keep_parens`, as they repeat what the brackets say). An unknown
+Word-level tokens from a fixed vocabulary (`VOCAB`: 0 = padding, then operators, `]`, digits).
+LRA's `(` `)` are dropped unless `keep_parens`: they repeat what the brackets say and would triple
+the length. (LRA's own loader, tfds' alphanumeric `Tokenizer`, keeps only operator names and
+digits, so its inputs also lose the `]` that close the lists; here they are kept, and an
+expression fits `max_length` = 2000 exactly as LRA's generator bounds its length.) An unknown
 token, a missing column or a target outside 0..9 is a ValueError naming the file and line.
-Sequences longer than `max_length` are cut (LRA: 2000). Tokenised splits are cached in
-`workdir/data_cache/`.
+Longer sequences are cut to `max_length`. Tokenised splits are cached in `workdir/data_cache/`.
 
 `config.data` fields:
   name: 'listops'
@@ -28,7 +30,14 @@ import tensorflow as tf
 
 from input_pipeline import register
 from input_pipeline.base import Datasets, TaskInfo
-from input_pipeline.batching import Examples, Ragged, cache_key, cached, file_identity, make_datasets
+from input_pipeline.batching import (
+  Examples,
+  Ragged,
+  cache_key,
+  cached,
+  file_identity,
+  make_datasets,
+)
 from input_pipeline.text import parse_label, read_rows, require_file
 
 NUM_CLASSES = 10
@@ -79,7 +88,8 @@ def _tokenize(sources, lines, path, max_length, keep_parens) -> Ragged:
       row = int(ids.value_rowids()[first])
       token = tokens.flat_values[first].numpy().decode("utf-8", "replace")
       raise ValueError(
-        f"{path}:{lines[start + row]}: unknown token {token!r}; ListOps tokens: {' '.join(VOCAB[1:])}"
+        f"{path}:{lines[start + row]}: unknown token {token!r}; "
+        f"ListOps tokens: {' '.join(VOCAB[1:])}"
       )
     for p in drop:
       ids = tf.ragged.boolean_mask(ids, ids != p)

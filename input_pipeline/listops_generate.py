@@ -36,7 +36,9 @@ HEADER = ("Source", "Target")
 Tree = int | tuple[str, list["Tree"]]
 
 
-def generate_tree(rng: random.Random, depth: int, max_depth: int, max_args: int) -> tuple[Tree, int]:
+def generate_tree(
+  rng: random.Random, depth: int, max_depth: int, max_args: int
+) -> tuple[Tree, int]:
   """A random expression and its length (digits + operators + closing brackets)."""
   r = rng.random() if depth < max_depth else 1.0
   if r > VALUE_P:

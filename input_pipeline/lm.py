@@ -89,7 +89,9 @@ def lm(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
 
   def build():
     return {
-      split: Examples({"inputs": tokenizer.encode(load(split), add_eos=True, max_length=max_length)})
+      split: Examples(
+        {"inputs": tokenizer.encode(load(split), add_eos=True, max_length=max_length)}
+      )
       for split in ("train", "eval")
     }
 

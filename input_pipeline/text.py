@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -248,7 +249,7 @@ def train_sentencepiece(
     directory = os.path.dirname(path)
     if directory:
       tf.io.gfile.makedirs(directory)
-    staged = f"{path}.tmp{os.getpid()}"
+    staged = f"{path}.tmp-{uuid.uuid4().hex}"
     tf.io.gfile.copy(prefix + ".model", staged, overwrite=True)
   try:
     tf.io.gfile.rename(staged, path, overwrite=False)
@@ -276,7 +277,8 @@ def load_or_train_sentencepiece(
 def make_tokenizer(
   config, workdir: str | None, name: str, texts: Callable[[], Iterable[str]], default: str = "byte"
 ):
-  """`config.tokenizer` 'byte' or 'sentencepiece' (`vocab_size`, `vocab_path`, `vocab_max_chars`)."""
+  """`config.tokenizer`: 'byte' or 'sentencepiece' (`vocab_size`, `vocab_path`,
+  `vocab_max_chars`); `name` names the model file kept in the workdir."""
   kind = config.get("tokenizer", default)
   if kind == "byte":
     return ByteTokenizer()

@@ -84,7 +84,9 @@ def text_classification(config, *, workdir=None, process_index=0, process_count=
     eval_path = require_file(config.get("eval_path"), "data.eval_path")
 
     def load(split: str):
-      path, field = (train_path, "data.train_path") if split == "train" else (eval_path, "data.eval_path")
+      path, field = (
+        (train_path, "data.train_path") if split == "train" else (eval_path, "data.eval_path")
+      )
       return read_labeled_file(path, num_classes, field)
 
     sources = [file_identity(train_path), file_identity(eval_path)]

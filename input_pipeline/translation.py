@@ -194,4 +194,3 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
     process_count=process_count,
     train_sharded=sharded,
   )
-

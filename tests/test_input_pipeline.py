@@ -5,6 +5,7 @@ tfds tasks run under `tfds.testing.mock_data`; file tasks read small files writt
 
 import contextlib
 import gzip
+import importlib
 import os
 import random
 import re
@@ -39,7 +40,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     [f"--output_dir={d}", "--num_train=60", "--num_valid=10", "--num_test=10",
      "--min_length=4", "--max_length=40", "--max_depth=4", "--max_args=4"]
   )  # fmt: skip
-  words = "the cat sat on a mat dog ran far away über größe".split()
+  words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "über", "größe"]
   out = {"listops_dir": str(d)}
   for split, n in (("train", 30), ("eval", 10)):
     rows = [f"{i % 3}\t{i} {_sentence(rng, words)}" for i in range(n)]
@@ -83,49 +84,74 @@ def task_configs(files: dict[str, str]) -> dict[str, tuple[ml_collections.Config
     ),
     "listops": (_config(name="listops", data_dir=f["listops_dir"], max_length=64), False),
     "text_classification/imdb_bytes": (
-      _config(name="text_classification", dataset="imdb_reviews", max_length=48), True
+      _config(name="text_classification", dataset="imdb_reviews", max_length=48),
+      True,
     ),
     "text_classification/imdb_spm": (
-      _config(name="text_classification", dataset="imdb_reviews", max_length=16, **spm), True
+      _config(name="text_classification", dataset="imdb_reviews", max_length=16, **spm),
+      True,
     ),
     "text_classification/tsv": (
       _config(
-        name="text_classification", dataset="files", train_path=f["text_train"],
-        eval_path=f["text_eval"], num_classes=3, max_length=40,
+        name="text_classification",
+        dataset="files",
+        train_path=f["text_train"],
+        eval_path=f["text_eval"],
+        num_classes=3,
+        max_length=40,
       ),
       False,
     ),  # fmt: skip
     "retrieval": (
-      _config(name="retrieval", data_dir=os.path.dirname(f["pairs_train"]), max_length=32), False
+      _config(name="retrieval", data_dir=os.path.dirname(f["pairs_train"]), max_length=32),
+      False,
     ),
     "image_sequence/cifar10": (_config(name="image_sequence", dataset="cifar10"), True),
     "image_sequence/mnist": (_config(name="image_sequence", dataset="mnist"), True),
     "translation/wmt14_packed": (
       _config(
-        name="translation", dataset="wmt14_translate/de-en", max_length=24, vocab_size=40,
+        name="translation",
+        dataset="wmt14_translate/de-en",
+        max_length=24,
+        vocab_size=40,
         pack=True,
       ),
       True,
     ),  # fmt: skip
     "translation/wmt17_en_de": (
       _config(
-        name="translation", dataset="wmt17_translate/de-en", source_lang="en", target_lang="de",
-        eval_dataset="wmt14_translate/de-en", max_length=24, vocab_size=40,
+        name="translation",
+        dataset="wmt17_translate/de-en",
+        source_lang="en",
+        target_lang="de",
+        eval_dataset="wmt14_translate/de-en",
+        max_length=24,
+        vocab_size=40,
       ),
       True,
     ),  # fmt: skip
     "translation/files": (
       _config(
-        name="translation", dataset="files", train_src=f["src_train"], train_tgt=f["tgt_train"],
-        eval_src=f["src_eval"], eval_tgt=f["tgt_eval"], max_length=24, vocab_size=48,
+        name="translation",
+        dataset="files",
+        train_src=f["src_train"],
+        train_tgt=f["tgt_train"],
+        eval_src=f["src_eval"],
+        eval_tgt=f["tgt_eval"],
+        max_length=24,
+        vocab_size=48,
       ),
       False,
     ),  # fmt: skip
     "lm/lm1b_packed": (_config(name="lm", dataset="lm1b", max_length=24, pack=True, **spm), True),
     "lm/files_bytes": (
       _config(
-        name="lm", dataset="files", train_path=f["lm_train"], eval_path=f["lm_eval"],
-        tokenizer="byte", max_length=24,
+        name="lm",
+        dataset="files",
+        train_path=f["lm_train"],
+        eval_path=f["lm_eval"],
+        tokenizer="byte",
+        max_length=24,
       ),
       False,
     ),  # fmt: skip
@@ -197,11 +223,11 @@ def test_batches_have_declared_shapes_and_dtypes(case, files, tmp_path):
       if k in lengths:
         assert v.shape == (BATCH, lengths[k]), (case, k, v.shape)
         vocab = info.target_vocab_size if k == "targets" and info.target_vocab_size else None
-        assert 0 <= v.min() and v.max() < (vocab or info.vocab_size), (case, k)
+        assert v.min() >= 0 and v.max() < (vocab or info.vocab_size), (case, k)
       elif base in lengths:
         assert v.shape == (BATCH, lengths[base]), (case, k, v.shape)
       elif k == "label":
-        assert v.shape == (BATCH,) and 0 <= v.min() and v.max() < info.num_classes, case
+        assert v.shape == (BATCH,) and v.min() >= 0 and v.max() < info.num_classes, case
   if info.kind == "seq2seq":
     assert info.eos_id is not None
     for batch in batches:
@@ -529,29 +555,38 @@ def _bad_cases(tmp_path, files):
     "malformed row": (text_cfg(tmp_path / "no_tab.tsv"), ValueError, "no_tab.tsv:3:"),
     "label out of range": (text_cfg(tmp_path / "label.tsv"), ValueError, "label.tsv:2: label '7'"),
     "listops unknown token": (
-      _config(name="listops", data_dir=str(listops_dir)), ValueError, "basic_train.tsv:3: unknown"
+      _config(name="listops", data_dir=str(listops_dir)),
+      ValueError,
+      "basic_train.tsv:3: unknown",
     ),
     "listops missing dir": (
-      _config(name="listops", data_dir=str(tmp_path / "none")), FileNotFoundError, "basic_train"
+      _config(name="listops", data_dir=str(tmp_path / "none")),
+      FileNotFoundError,
+      "basic_train",
     ),
     "retrieval field count": (
-      _config(name="retrieval", train_path=str(tmp_path / "pairs.tsv"),
-              eval_path=files["pairs_eval"]),
+      _config(
+        name="retrieval", train_path=str(tmp_path / "pairs.tsv"), eval_path=files["pairs_eval"]
+      ),
       ValueError,
       "pairs.tsv:2: expected 5",
     ),  # fmt: skip
     "translation line counts": (
       _config(
-        name="translation", dataset="files", train_src=files["src_train"],
-        train_tgt=str(tmp_path / "short.en"), eval_src=files["src_eval"],
+        name="translation",
+        dataset="files",
+        train_src=files["src_train"],
+        train_tgt=str(tmp_path / "short.en"),
+        eval_src=files["src_eval"],
         eval_tgt=files["tgt_eval"],
       ),
       ValueError,
       "short.en has 1",
     ),  # fmt: skip
     "lm missing eval": (
-      _config(name="lm", dataset="files", train_path=files["lm_train"], eval_path=None,
-              tokenizer="byte"),
+      _config(
+        name="lm", dataset="files", train_path=files["lm_train"], eval_path=None, tokenizer="byte"
+      ),
       ValueError,
       "data.eval_path is not set",
     ),  # fmt: skip
@@ -575,3 +610,19 @@ def test_missing_tfds_dataset_says_how_to_build_it(tmp_path):
   config = _config(name="image_sequence", dataset="mnist", data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="tfds build mnist"):
     load(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment files
+
+
+@pytest.mark.parametrize(
+  "name", ["listops", "text_classification", "retrieval", "image", "translation", "lm"]
+)
+def test_experiment_config_is_valid(name):
+  from experiments import validate
+
+  config = importlib.import_module(f"configs.{name}").get_config()
+  validate.check_config(config)
+  assert config.data.name in input_pipeline.REGISTRY
+  assert config.data.seed == config.seed

@@ -1,0 +1,94 @@
+"""LRA Image: CIFAR-10 as a sequence of 1024 grayscale pixels (10 classes); also sequential MNIST.
+
+Data, on a connected machine (then copy the tfds directory here):
+  tfds build cifar10 --data_dir=~/tensorflow_datasets     # and/or: tfds build mnist
+
+    python main.py --config=configs/image.py --workdir=runs/image
+    python main.py --config=configs/image.py:dataset=mnist --workdir=runs/smnist
+
+Settings are those of LRA's released code (`lra_benchmarks/image/configs/cifar10/
+base_cifar10_config.py`): a small model, 200 epochs of the first 90% of the training set, the last
+10% for validation.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+TRAIN_EXAMPLES = 45000  # LRA: 90% of CIFAR-10's 50000 training images
+EPOCHS = 200  # LRA: 200
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, dataset="cifar10", epochs=EPOCHS)
+  steps_per_epoch = TRAIN_EXAMPLES // 256
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order
+
+  # Task: input_pipeline/image_sequence.py.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "image_sequence"
+  config.data.seed = config.get_ref("seed")
+  config.data.dataset = args.dataset  # cifar10 (1024 tokens) | mnist (784 tokens)
+  config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
+  config.data.train_split = "train[:90%]"  # LRA: train[:90%]
+  config.data.eval_split = "train[90%:]"  # LRA validation: train[90%:]; its test numbers: 'test'
+  config.data.batch_size = 256  # global (LRA: 256)
+  config.data.eval_examples = 0  # 0: the whole split
+
+  # Model: LRA's CIFAR-10 Transformer is tiny (1 layer, 1 head, width 32) with heavy dropout.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "encoder_classifier"
+  config.model.emb_dim = 32  # LRA: 32
+  config.model.num_heads = 1  # LRA: 1
+  config.model.num_encoder_layers = 1  # LRA: 1
+  config.model.num_decoder_layers = 0  # unused by the classifier
+  config.model.qkv_dim = 32  # LRA: 32
+  config.model.mlp_dim = 64  # LRA: 64
+  config.model.dropout_rate = 0.3  # LRA: 0.3
+  config.model.attention_dropout_rate = 0.2  # LRA: 0.2
+  config.model.max_len = 1025  # 32 * 32 pixels + the [CLS] position
+  config.model.position = "learned"  # LRA: learn_pos_emb True
+  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
+  config.model.pooling = "cls"  # LRA: CLS
+  config.model.classifier_dim = 64  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+
+  # Optimizer: LRA: Adam, lr 5e-4, linear warm-up for one epoch then cosine decay, no weight decay.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 5e-4  # LRA: 0.0005 (peak)
+  config.optimizer.schedule = "warmup_cosine"  # LRA: constant * linear_warmup * cosine_decay
+  config.optimizer.warmup_steps = steps_per_epoch  # LRA: one epoch
+  config.optimizer.weight_decay = 0.0  # LRA: 0
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98  # LRA's Adam betas
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 0.0  # LRA: none
+  config.optimizer.grad_accum_steps = 1
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = steps_per_epoch * args.epochs  # LRA: 175 * 200 = 35000
+  config.train.eval_every_steps = steps_per_epoch  # LRA: every epoch
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = steps_per_epoch * 10
+  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
+  config.train.on_nonfinite = "stop"  # stop | skip
+  config.train.max_nonfinite = 10
+  config.train.label_smoothing = 0.0
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config

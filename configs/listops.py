@@ -1,0 +1,94 @@
+"""LRA ListOps: classify the value (0-9) of a nested MIN/MAX/MED/SM expression of up to 2000 tokens.
+
+Data (either):
+  python -m input_pipeline.listops_generate --output_dir=data/listops      # LRA's generator rules
+  # or LRA's release, on a connected machine (ListOps is in lra_release/listops-1000/):
+  wget https://storage.googleapis.com/long-range-arena/lra_release.gz && tar xzf lra_release.gz
+
+    python main.py --config=configs/listops.py --workdir=runs/listops
+    python main.py --config=configs/listops.py:data_dir=lra_release/listops-1000 \
+        --workdir=runs/listops --config.model.attention.name=local
+
+Settings are those of LRA's released code (`lra_benchmarks/listops/configs/base_listops_config.py`;
+the paper: 512 dim, 8 heads, 6 layers, FFN 2048, 5K steps); where they differ it says so below.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, steps=5000, data_dir="data/listops")
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order (LRA: random_seed 0)
+
+  # Task: input_pipeline/listops.py.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "listops"
+  config.data.seed = config.get_ref("seed")
+  config.data.data_dir = args.data_dir  # holds basic_train.tsv, basic_val.tsv, basic_test.tsv
+  config.data.task = "basic"  # file prefix (LRA: basic)
+  config.data.eval_split = "val"  # val picks the best checkpoint; 'test' for LRA's reported number
+  config.data.max_length = 2000  # tokens per expression (LRA: 2000)
+  config.data.keep_parens = False  # LRA's '(' ')' only repeat the brackets (LRA drops them too)
+  config.data.batch_size = 32  # global (LRA: 32)
+  config.data.eval_examples = 0  # 0: the whole split (2000 in LRA)
+
+  # Model: an encoder with a [CLS] token and an MLP head (LRA: pooling_mode CLS).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "encoder_classifier"
+  config.model.emb_dim = 512  # LRA: 512
+  config.model.num_heads = 8  # LRA: 8
+  config.model.num_encoder_layers = 6  # LRA code and paper: 6
+  config.model.num_decoder_layers = 0  # unused by the classifier
+  config.model.qkv_dim = 512  # LRA: 512
+  config.model.mlp_dim = 2048  # LRA: 2048
+  config.model.dropout_rate = 0.1  # LRA's model default
+  config.model.attention_dropout_rate = 0.1  # LRA's model default
+  config.model.max_len = 2001  # max_length + the [CLS] position
+  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal (learn_pos_emb False)
+  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
+  config.model.pooling = "cls"  # LRA: CLS
+  config.model.classifier_dim = 2048  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+
+  # Optimizer: LRA uses Adam(b1=0.9, b2=0.98) with decoupled weight decay 0.1 and the schedule
+  # 0.05 * min(1, step / 1000) / sqrt(max(step, 1000)), i.e. a peak of 0.05 / sqrt(1000).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 0.05 / 1000**0.5  # peak, reached at the end of warm-up
+  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
+  config.optimizer.warmup_steps = 1000  # LRA: 1000
+  config.optimizer.weight_decay = 0.1  # LRA: 0.1
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
+  config.optimizer.grad_accum_steps = 1
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = args.steps  # LRA: 5000
+  config.train.eval_every_steps = 500
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
+  config.train.on_nonfinite = "stop"  # stop | skip
+  config.train.max_nonfinite = 10
+  config.train.label_smoothing = 0.0
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config

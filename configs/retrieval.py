@@ -1,0 +1,91 @@
+"""LRA Retrieval: do two ACL Anthology papers cite each other? Byte-level, 4000 bytes per paper.
+
+Data, on a connected machine (Retrieval is in lra_release/tsv_data/new_aan_pairs.*.tsv):
+  wget https://storage.googleapis.com/long-range-arena/lra_release.gz && tar xzf lra_release.gz
+
+    python main.py --config=configs/retrieval.py:data_dir=lra_release/tsv_data \
+        --workdir=runs/retrieval
+
+Settings are those of LRA's released code (`lra_benchmarks/matching/configs/base_match_config.py`):
+a shared encoder for both documents and the [u, v, u*v, u-v] matching head.
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, steps=5000, data_dir="lra_release/tsv_data")
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order
+
+  # Task: input_pipeline/retrieval.py.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "retrieval"
+  config.data.seed = config.get_ref("seed")
+  config.data.data_dir = args.data_dir  # holds new_aan_pairs.{train,eval,test}.tsv
+  config.data.eval_split = "eval"  # eval | test: which LRA file eval reads
+  config.data.train_path = ""  # explicit files instead of data_dir (rows label,id1,id2,text1,text2)
+  config.data.eval_path = ""
+  config.data.max_length = 4000  # bytes per document (LRA: 4000)
+  config.data.batch_size = 32  # global (LRA: 32)
+  config.data.eval_examples = 0  # 0: the whole split
+
+  # Model: one encoder applied to both documents, [CLS] pooling, matching MLP head.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "dual_encoder"
+  config.model.emb_dim = 128  # LRA: 128
+  config.model.num_heads = 4  # LRA: 4
+  config.model.num_encoder_layers = 4  # LRA: 4
+  config.model.num_decoder_layers = 0  # unused
+  config.model.qkv_dim = 128  # LRA: 128
+  config.model.mlp_dim = 512  # LRA: 512
+  config.model.dropout_rate = 0.1  # LRA's model default
+  config.model.attention_dropout_rate = 0.1  # LRA's model default
+  config.model.max_len = 4001  # max_length + the [CLS] position
+  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal
+  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
+  config.model.pooling = "cls"  # LRA: CLS
+  config.model.classifier_dim = 512  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+
+  # Optimizer: LRA: Adam(0.9, 0.98), weight decay 0.1, 0.05 * linear_warmup * rsqrt_decay with
+  # 8000 warm-up steps (longer than the 5000-step run, so the rate is still rising at the end).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 0.05 / 8000**0.5  # peak (never reached in 5000 steps)
+  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
+  config.optimizer.warmup_steps = 8000  # LRA: 8000
+  config.optimizer.weight_decay = 0.1  # LRA: 0.1
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
+  config.optimizer.grad_accum_steps = 1
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = args.steps  # LRA: 5000
+  config.train.eval_every_steps = 500
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
+  config.train.on_nonfinite = "stop"  # stop | skip
+  config.train.max_nonfinite = 10
+  config.train.label_smoothing = 0.0
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config

@@ -1,0 +1,101 @@
+"""LRA Text: byte-level IMDb sentiment (2 classes) from the first 1000 (or 4000) bytes of a review.
+
+Data, on a connected machine (then copy the tfds directory here):
+  tfds build imdb_reviews --data_dir=~/tensorflow_datasets
+
+    python main.py --config=configs/text_classification.py --workdir=runs/text
+    python main.py --config=configs/text_classification.py:max_length=4000 --workdir=runs/text4k
+    # local files instead (rows `label<TAB>text`):
+    python main.py --config=configs/text_classification.py --workdir=runs/mytext \
+        --config.data.dataset=files --config.data.train_path=train.tsv \
+        --config.data.eval_path=test.tsv --config.data.num_classes=2
+
+Settings are those of LRA's released code (`lra_benchmarks/text_classification/configs/
+base_tc_config.py`: max_length 1000; the paper's table lists 4K for this task).
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, steps=20000, max_length=1000)
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order
+
+  # Task: input_pipeline/text_classification.py.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "text_classification"
+  config.data.seed = config.get_ref("seed")
+  config.data.dataset = "imdb_reviews"  # imdb_reviews | files
+  config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
+  config.data.eval_split = "test"  # LRA validates and tests on IMDb's test split (no val split)
+  config.data.train_path = ""  # dataset=files: `label<TAB>text` rows (.tsv) or `label,text` (.csv)
+  config.data.eval_path = ""
+  config.data.num_classes = 2  # dataset=files only (imdb_reviews: 2)
+  config.data.tokenizer = "byte"  # byte (LRA) | sentencepiece
+  config.data.vocab_size = 8000  # sentencepiece only
+  config.data.vocab_path = ""  # sentencepiece model; empty: trained into the workdir on first use
+  config.data.vocab_max_chars = 10**7  # characters of training text the vocabulary is fitted on
+  config.data.max_length = args.max_length  # bytes per review (LRA code: 1000; paper: 4000)
+  config.data.batch_size = 32  # global (LRA: 32)
+  config.data.eval_examples = 0  # 0: the whole split (25000)
+
+  # Model: an encoder with a [CLS] token and an MLP head (LRA: classifier_pool CLS).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "encoder_classifier"
+  config.model.emb_dim = 256  # LRA: 256
+  config.model.num_heads = 4  # LRA: 4
+  config.model.num_encoder_layers = 4  # LRA: 4
+  config.model.num_decoder_layers = 0  # unused by the classifier
+  config.model.qkv_dim = 256  # LRA: 256
+  config.model.mlp_dim = 1024  # LRA: 1024
+  config.model.dropout_rate = 0.1  # LRA's model default
+  config.model.attention_dropout_rate = 0.1  # LRA's model default
+  config.model.max_len = args.max_length + 1  # max_length + the [CLS] position
+  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal
+  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
+  config.model.pooling = "cls"  # LRA: CLS
+  config.model.classifier_dim = 1024  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+
+  # Optimizer: LRA: Adam(0.9, 0.98), weight decay 0.1, 0.05 * linear_warmup * rsqrt_decay with
+  # 8000 warm-up steps, i.e. a peak of 0.05 / sqrt(8000).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 0.05 / 8000**0.5  # peak, reached at the end of warm-up
+  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
+  config.optimizer.warmup_steps = 8000  # LRA: 8000
+  config.optimizer.weight_decay = 0.1  # LRA: 0.1
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
+  config.optimizer.grad_accum_steps = 1
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = args.steps  # LRA: 20000
+  config.train.eval_every_steps = 1000
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 2000
+  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
+  config.train.on_nonfinite = "stop"  # stop | skip
+  config.train.max_nonfinite = 10
+  config.train.label_smoothing = 0.0
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config

@@ -1,0 +1,109 @@
+"""WMT German -> English (or English -> German) with a Transformer, after flax `examples/wmt`.
+
+Data, on a connected machine (then copy the tfds directory here):
+  tfds build wmt17_translate/de-en --data_dir=~/tensorflow_datasets   # training data (flax wmt)
+  tfds build wmt14_translate/de-en --data_dir=~/tensorflow_datasets   # newstest2014 for eval
+
+    python main.py --config=configs/translation.py --workdir=runs/wmt_de_en
+    python main.py --config=configs/translation.py:direction=en-de --workdir=runs/wmt_en_de
+    # local parallel text (one sentence per line, plain or .gz):
+    python main.py --config=configs/translation.py --workdir=runs/mt \
+        --config.data.dataset=files --config.data.train_src=train.de \
+        --config.data.train_tgt=train.en --config.data.eval_src=dev.de --config.data.eval_tgt=dev.en
+
+Model: Transformer-base (Vaswani et al. 2017: 512 dim, 8 heads, 6+6 layers, FFN 2048). flax
+examples/wmt's default is Transformer-big (1024 dim, 16 heads, FFN 4096, batch 256, 500K steps,
+lr 0.0625 * rsqrt schedule, 1000 warm-up steps, label smoothing 0.1, packed 256-token rows).
+"""
+
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, steps=100_000, direction="de-en")
+  source_lang, target_lang = args.direction.split("-")
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # drives parameters, dropout and data order
+
+  # Task: input_pipeline/translation.py.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "translation"
+  config.data.seed = config.get_ref("seed")
+  config.data.dataset = "wmt17_translate/de-en"  # or wmt14_translate/de-en | files
+  config.data.eval_dataset = "wmt14_translate/de-en"  # flax wmt: evaluates on wmt14
+  config.data.eval_split = "test"  # wmt14 test = newstest2014; validation = newstest2013
+  config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
+  config.data.source_lang = source_lang  # de | en
+  config.data.target_lang = target_lang
+  config.data.train_src = ""  # dataset=files: line-aligned parallel text
+  config.data.train_tgt = ""
+  config.data.eval_src = ""
+  config.data.eval_tgt = ""
+  config.data.vocab_size = 32000  # joint SentencePiece pieces (flax wmt: 32000)
+  config.data.vocab_path = ""  # SentencePiece model; empty: trained into the workdir on first use
+  config.data.vocab_max_chars = 10**7  # training characters for the vocabulary (flax wmt: 1e7)
+  config.data.max_length = 256  # tokens per sentence incl. EOS (flax wmt: 256)
+  config.data.pack = True  # several pairs per 256-token row (flax wmt: packed)
+  config.data.bucket_by_length = False  # alternative to packing; varying shapes
+  config.data.batch_size = 256  # global rows (flax wmt: 256)
+  config.data.eval_examples = 0  # 0: the whole split (3003 sentences in newstest2014)
+
+  # Model: encoder-decoder Transformer.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "transformer"
+  config.model.emb_dim = 512  # base: 512 (flax wmt big: 1024)
+  config.model.num_heads = 8  # base: 8 (big: 16)
+  config.model.num_encoder_layers = 6
+  config.model.num_decoder_layers = 6
+  config.model.qkv_dim = 512  # base: 512 (big: 1024)
+  config.model.mlp_dim = 2048  # base: 2048 (big: 4096)
+  config.model.dropout_rate = 0.1  # flax wmt: 0.1
+  config.model.attention_dropout_rate = 0.1  # flax wmt: 0.1
+  config.model.max_len = 256  # = data.max_length
+  config.model.position = "sinusoidal"  # flax wmt: sinusoidal
+  config.model.norm = "pre"  # flax wmt: pre-layer-norm
+  config.model.share_embeddings = True  # joint vocabulary: one table (flax wmt: True)
+  config.model.logits_via_embedding = True  # output projection tied (flax wmt: True)
+  config.model.dtype = "bfloat16"  # compute dtype (flax wmt: bfloat16); params stay float32
+  config.model.attention = ml_collections.ConfigDict()
+  config.model.attention.name = "scaled_dot"  # any registered attention type
+
+  # Optimizer: flax wmt: Adam(0.9, 0.98), 0.0625 * linear_warmup * rsqrt_decay, 1000 warm-up
+  # steps, i.e. a peak of 0.0625 / sqrt(1000); weight decay 0.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 0.0625 / 1000**0.5  # peak, at the end of warm-up
+  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
+  config.optimizer.warmup_steps = 1000  # flax wmt: 1000
+  config.optimizer.weight_decay = 0.0  # flax wmt: 0
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.grad_clip_norm = 0.0  # flax wmt: none
+  config.optimizer.grad_accum_steps = 1
+
+  # Loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = args.steps  # flax wmt: 500000
+  config.train.eval_every_steps = 2000
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 5000
+  config.train.keep_checkpoints = 2  # the last K, plus the best by eval sequence accuracy
+  config.train.on_nonfinite = "stop"  # stop | skip
+  config.train.max_nonfinite = 10
+  config.train.label_smoothing = 0.1  # flax wmt: 0.1
+
+  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1, 1)
+  config.mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return config
