@@ -85,6 +85,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1
 
   # Loop.
+  # Eval by decoding: beam search, BLEU (sacrebleu) on detokenized text; BLEU picks the best.
+  config.decode = ml_collections.ConfigDict()
+  config.decode.bleu = True
+  config.decode.beam_size = 4  # 1 = greedy
+  config.decode.alpha = 0.6  # GNMT length penalty
+  config.decode.max_len = 0  # 0 = the task's longest target
+
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = args.steps  # flax wmt: 500000
   config.train.eval_every_steps = 2000

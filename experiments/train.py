@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 import models
-from experiments import checkpoints, optim, preemption, sharding, tasks, validate
+from experiments import checkpoints, decode_eval, optim, preemption, sharding, tasks, validate
 
 RNG_STREAMS = ("dropout", "attention")
 TRANSIENT_COLLECTIONS = ("intermediates", "cache", "attention_state")
@@ -47,13 +47,39 @@ class NonFiniteError(RuntimeError):
   pass
 
 
+class Compiled:
+  """A jitted step compiled ahead of time once per batch shape (timed apart from running).
+
+  Most tasks have one shape; length-bucketed batches have one per bucket.
+  """
+
+  def __init__(self, jitted):
+    self.jitted = jitted
+    self.executables = {}
+    self.compile_seconds = 0.0
+
+  def compile(self, state, batch):
+    key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+    if key not in self.executables:
+      start = time.perf_counter()
+      self.executables[key] = self.jitted.lower(state, batch).compile()
+      self.compile_seconds += time.perf_counter() - start
+    return self.executables[key]
+
+  def __call__(self, state, batch):
+    return self.compile(state, batch)(state, batch)
+
+
 @dataclasses.dataclass
 class Step:
   """The compiled pieces of one run."""
 
-  train: Callable
-  eval: Callable
-  compile_seconds: float
+  train: Compiled
+  eval: Compiled
+
+  @property
+  def compile_seconds(self) -> float:
+    return self.train.compile_seconds + self.eval.compile_seconds
 
 
 def _rngs(seed: int, step) -> dict[str, jax.Array]:
@@ -124,33 +150,22 @@ def create_state(config, model, tx, mesh, example_batch) -> tuple[TrainState, An
   return state, state_sharding
 
 
-def compile_steps(config, kind, state, state_sharding, mesh, batch) -> Step:
-  """AOT-compiles the train and eval steps (timed, so compile time is reported apart)."""
-  batch_sharding = jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)
+def make_steps(config, kind, state_sharding, mesh) -> Step:
+  """The jitted train and eval steps: state sharded by its logical axes, batches along the batch."""
+  batch_sharding = sharding.batch_sharding(mesh)
   metrics_sharding = sharding.replicated(mesh)
-  start = time.perf_counter()
   train = jax.jit(
     make_train_step(kind, config.seed, config.train.get("label_smoothing", 0.0)),
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=(state_sharding, metrics_sharding, metrics_sharding),
     donate_argnums=0,
   )
-  train = train.lower(state, batch).compile()
-  eval_batch = {
-    **batch,
-    "valid": jax.device_put(np.ones(_batch_size(batch), bool), batch_sharding["inputs"]),
-  }
   evaluate = jax.jit(
     make_eval_step(kind),
-    in_shardings=(state_sharding, {**batch_sharding, "valid": batch_sharding["inputs"]}),
+    in_shardings=(state_sharding, batch_sharding),
     out_shardings=metrics_sharding,
   )
-  evaluate = evaluate.lower(state, eval_batch).compile()
-  return Step(train, evaluate, time.perf_counter() - start)
-
-
-def _batch_size(batch) -> int:
-  return next(iter(batch.values())).shape[0]
+  return Step(Compiled(train), Compiled(evaluate))
 
 
 def evaluate(
@@ -164,16 +179,17 @@ def evaluate(
   return {k: float(v) for k, v in jax.device_get(total.compute()).items()}
 
 
-def _eval_batches(datasets) -> list[dict[str, np.ndarray]]:
+def _eval_batches(datasets, local_batch_size: int) -> list[dict[str, np.ndarray]]:
   """Materialises the eval set; processes with fewer batches pad with all-invalid ones."""
-  batches = list(datasets.eval_dataset().as_numpy_iterator())
+  dataset = datasets.eval_dataset()
+  batches = list(dataset.as_numpy_iterator())
   n = len(batches)
   if jax.process_count() > 1:
     n = int(np.max(multihost_utils.process_allgather(np.array(n))))
-  if len(batches) < n:
-    filler = jax.tree.map(np.zeros_like, batches[0])
-    batches += [filler] * (n - len(batches))
-  return batches
+  if n == 0:
+    raise ValueError("the eval set is empty; set data.eval_examples or check the eval files")
+  filler = _dummy_batch(dataset, local_batch_size)  # all zeros: valid = False
+  return batches + [filler] * (n - len(batches))
 
 
 def _peak_memory_bytes() -> int:
@@ -241,6 +257,8 @@ def train_and_evaluate(
   tx = optim.create(config.optimizer, config.train.num_steps)
   kind, num_steps = info.kind, config.train.num_steps
   metric_name, mode = tasks.MAIN_METRIC[kind]
+  if decode_eval.enabled(config, info):
+    metric_name, mode = "bleu", "max"
 
   with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
     example = _dummy_batch(datasets.train_dataset(0), config.data.batch_size)
@@ -254,10 +272,18 @@ def train_and_evaluate(
       logging.info("resumed from step %d in %s", int(state.step), workdir)
     start_step = int(state.step)
     train_iter: Iterator = datasets.train_dataset(meta["next_batch"]).as_numpy_iterator()
-    eval_batches = _eval_batches(datasets)
+    eval_batches = _eval_batches(datasets, config.data.batch_size // jax.process_count())
     first = sharding.global_batch(next(train_iter), mesh)
-    step_fns = compile_steps(config, kind, state, state_sharding, mesh, first)
+    step_fns = make_steps(config, kind, state_sharding, mesh)
+    step_fns.train.compile(state, first)
+    step_fns.eval.compile(state, sharding.global_batch(eval_batches[0], mesh))
     logging.info("%d parameters; compiled in %.1fs", num_params, step_fns.compile_seconds)
+
+    def run_eval(state) -> dict[str, float]:
+      out = {f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()}
+      if decode_eval.enabled(config, info):
+        out["eval/bleu"] = decode_eval.bleu_score(model, state, eval_batches, config, info, mesh)
+      return out
 
     log = _Log(workdir, num_steps)
     tokens_per_step = tasks.batch_tokens(first)
@@ -292,9 +318,7 @@ def train_and_evaluate(
         train_metrics, window_start, window_steps = None, time.perf_counter(), 0
       stop = preemption.stop_requested()
       if step % config.train.eval_every_steps == 0 or is_last:
-        last_eval = {
-          f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()
-        }
+        last_eval = run_eval(state)
         log.write(step, last_eval, wall_before + time.time() - wall_start)
         logging.info("eval at step %d: %s", step, _fmt(last_eval))
         if _improved(last_eval[f"eval/{metric_name}"], meta["best"], f"eval/{metric_name}", mode):
@@ -316,7 +340,7 @@ def train_and_evaluate(
       if not is_last:
         batch = sharding.global_batch(next(train_iter), mesh)
     if not last_eval:  # the run had already finished: report its final state again
-      last_eval = {f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()}
+      last_eval = run_eval(state)
     ckpt.wait()
     ckpt.close()
     log.close()
