@@ -4,11 +4,9 @@
     python main.py --config=configs/default.py:steps=500 --workdir=runs/quick \
         --config.model.attention.name=additive --config.optimizer.learning_rate=1e-3
 
-Several processes (one per host or per GPU): set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-JAX_PROCESS_ID (or run under SLURM / on a TPU pod, where JAX finds them itself) — see README.
+Several processes (one per host or per GPU): see experiments/distributed.py and docs/long_runs.md.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -20,10 +18,6 @@ config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/d
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _multi_process() -> bool:
-  return any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_ID"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -33,16 +27,16 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
   import jax
 
-  if _multi_process():
-    jax.distributed.initialize()
-  from experiments import train, validate
+  from experiments import checkpoints, distributed, train, validate
+
+  distributed.initialize()
 
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validate.ConfigError, train.NonFiniteError) as e:
+  except (validate.ConfigError, train.NonFiniteError, checkpoints.NoGoodCheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

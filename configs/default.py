@@ -45,6 +45,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.share_embeddings = True  # one embedding table for source and target
   config.model.logits_via_embedding = True  # output projection tied to the embedding
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # rnn_seq2seq (and encoder=rnn classifiers) only:
+  config.model.cell = "lstm"  # simple | lstm | gru
+  config.model.hidden_dim = 0  # 0 = emb_dim
+  config.model.num_layers = 1
+  config.model.bidirectional = True  # encoder
+  config.model.attention_placement = "bahdanau"  # bahdanau | luong | none
+  config.model.input_feeding = True  # luong only
+  # encoder_classifier / dual_encoder only:
+  config.model.pooling = "cls"  # cls | mean | max
+  config.model.classifier_dim = 0  # 0 = emb_dim
+  config.model.encoder = "transformer"  # transformer | rnn
   config.model.attention = ml_collections.ConfigDict()
   config.model.attention.name = "scaled_dot"  # any registered attention type
   config.model.attention.implementation = "auto"  # scaled_dot only: auto | xla | jax

@@ -4,15 +4,18 @@
     DIR/checkpoints/best/<step>/{state, meta}     the best eval so far
 
 orbax writes each step into a temporary directory and renames it when complete, so a checkpoint
-half-written when a process died is never listed, let alone loaded. `meta` holds the data
+half-written when a process died is never listed, let alone loaded. A step that fails to restore
+is renamed `damaged.<step>` and the next older one is used. `meta` holds the data
 position (the next batch to read) and the best eval metrics seen so far.
 """
 
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class NoGoodCheckpointError(RuntimeError):
@@ -60,6 +63,7 @@ class Checkpoints:
         return restored["state"], restored["meta"]
       except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
         logging.warning("checkpoint at step %d is damaged (%s); trying an older one", step, e)
+        self._set_aside(step)
     if steps:
       raise NoGoodCheckpointError(
         f"none of the checkpoints {steps} in {self.latest.directory} could be restored; "
@@ -67,10 +71,26 @@ class Checkpoints:
       )
     return None
 
+  def _set_aside(self, step: int) -> None:
+    """Renames a damaged step to `damaged.<step>` (kept for inspection, never loaded again)."""
+    if jax.process_index() == 0:
+      directory = os.fspath(self.latest.directory)
+      target, n = os.path.join(directory, f"damaged.{step}"), 1
+      while os.path.exists(target):
+        target, n = os.path.join(directory, f"damaged.{step}.{n}"), n + 1
+      os.replace(os.path.join(directory, str(step)), target)
+    multihost_utils.sync_global_devices(f"set aside damaged checkpoint {step}")
+    self.latest.reload()
+
   def wait(self) -> None:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
-  def close(self) -> None:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    """Pending asynchronous saves complete even when training stops with an error."""
+    self.wait()
     self.latest.close()
     self.best.close()

@@ -9,6 +9,7 @@ batches are split over ('data', 'fsdp'). A run resumes from the newest checkpoin
 at the very batch it would have read next.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -227,7 +228,10 @@ class _Log:
       step, self.num_steps, loss, steps_per_sec, tokens_per_sec, eta // 60, eta % 60,
     )  # fmt: skip
 
-  def close(self) -> None:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
     self.writer.flush()
     self.writer.close()
 
@@ -260,11 +264,16 @@ def train_and_evaluate(
   if decode_eval.enabled(config, info):
     metric_name, mode = "bleu", "max"
 
-  with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
+  with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
+    stack.enter_context(
+      nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules))
+    )
     example = _dummy_batch(datasets.train_dataset(0), config.data.batch_size)
     state, state_sharding = create_state(config, model, tx, mesh, example)
     num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(state.params)))
-    ckpt = checkpoints.Checkpoints(workdir, config.train.keep_checkpoints, metric_name, mode)
+    ckpt = stack.enter_context(
+      checkpoints.Checkpoints(workdir, config.train.keep_checkpoints, metric_name, mode)
+    )
     restored = ckpt.restore_latest(state)
     meta = {"next_batch": 0, "best": None, "best_step": None, "wall_seconds": 0.0}
     if restored is not None:
@@ -285,7 +294,7 @@ def train_and_evaluate(
         out["eval/bleu"] = decode_eval.bleu_score(model, state, eval_batches, config, info, mesh)
       return out
 
-    log = _Log(workdir, num_steps)
+    log = stack.enter_context(_Log(workdir, num_steps))
     tokens_per_step = tasks.batch_tokens(first)
     wall_before = meta["wall_seconds"]
     last_eval: dict[str, float] = {}
@@ -330,20 +339,14 @@ def train_and_evaluate(
       if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
         ckpt.save(step, state, _meta(meta, step, wall_before, wall_start), force=True)
       if stop and not is_last:
-        ckpt.wait()
         logging.warning(
           "stopped at step %d on request; checkpoint saved. Run the same command to resume.", step
         )
-        log.close()
-        ckpt.close()
         return {"status": "preempted", "step": step}
       if not is_last:
         batch = sharding.global_batch(next(train_iter), mesh)
     if not last_eval:  # the run had already finished: report its final state again
       last_eval = run_eval(state)
-    ckpt.wait()
-    ckpt.close()
-    log.close()
 
   results = {
     "config": config.to_dict(),

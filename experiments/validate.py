@@ -106,6 +106,14 @@ def check_config_for_task(config: ml_collections.ConfigDict, info) -> None:
     models.check(config.model, info)
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
+  _require(
+    not config.data.get("pack", False) or models.supports_packing(config.model),
+    f"data.pack=True needs a Transformer family and an attention type that takes dense masks "
+    f"(model {config.model.name!r}, attention {config.model.attention.name!r}); "
+    "set --config.data.pack=False",
+  )
+  beam = config.get("decode", {}).get("beam_size", 1)
+  _require(beam >= 1, f"decode.beam_size={beam} must be >= 1")
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:

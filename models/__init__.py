@@ -12,6 +12,7 @@ A family is a `flax.linen.Module` class with a `config` field, registered with `
   `config.model` (fields the class lacks are ignored, so a sweep can change only `name`) and the
   task info (vocabulary sizes, classes, lengths);
 * `validate(cfg, info)` (classmethod): family-specific checks, raising a one-line ValueError;
+* `supports_packing` (class attribute): whether it reads packed batches' segment ids;
 * `__call__(batch, train: bool) -> logits` (`[B, T, V]` for seq2seq/lm, `[B, C]` otherwise).
 
 `info` is duck-typed: `kind`, `vocab_size`, `target_vocab_size`, `num_classes`,
@@ -83,6 +84,21 @@ def check(model_config: Mapping[str, Any], info: Any) -> None:
   if "attention" in fields:
     attention.build(fields["attention"])  # unknown type or field
   cls.validate(make_config(fields, info), info)
+
+
+def supports_packing(model_config: Mapping[str, Any]) -> bool:
+  """Whether the family and its attention type take packed batches (`*_segmentation` keys).
+
+  Packing needs a family that reads segment ids (`supports_packing` class attribute) and an
+  attention type that accepts dense masks (`dense_mask`).
+  """
+  fields = _as_dict(model_config)
+  cls = get(fields.get("name", "<missing>"))
+  if not getattr(cls, "supports_packing", False):
+    return False
+  if "attention" not in fields:
+    return True
+  return attention.get(dict(fields["attention"])["name"]).dense_mask
 
 
 def build(model_config: Mapping[str, Any], info: Any) -> nn.Module:

@@ -115,6 +115,7 @@ class EncoderClassifier(nn.Module):
   """`batch['inputs'] [B, S] -> logits [B, num_classes]`."""
 
   task_kinds: ClassVar[tuple[str, ...]] = ("classification",)
+  supports_packing: ClassVar[bool] = False
   config_class: ClassVar[type] = TransformerConfig
   config: TransformerConfig
 
@@ -137,6 +138,7 @@ class DualEncoder(nn.Module):
   """`batch['inputs'], batch['inputs2'] [B, S] -> logits [B, num_classes]` (shared encoder)."""
 
   task_kinds: ClassVar[tuple[str, ...]] = ("retrieval",)
+  supports_packing: ClassVar[bool] = False
   config_class: ClassVar[type] = TransformerConfig
   config: TransformerConfig
 

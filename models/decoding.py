@@ -100,6 +100,9 @@ def step_function(
     n = next(iter(batch.values())).shape[0] * times
   else:
     raise ValueError(f"no step-wise decoding for model {_family(model)!r}")
+  cfg = model.config
+  if cfg.position in ("sinusoidal", "learned") and max_len > cfg.max_len:
+    raise ValueError(f"decoding max_len={max_len} exceeds the model's max_len={cfg.max_len}")
 
   if has_decode_cache(model.config.attention_class()):
     decoder = model.clone(config=model.config.replace(decode=True))
@@ -384,6 +387,7 @@ def sample(
 # ------------------------------------------------------------------------- attention maps
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
 def attention_weights(
   model: nn.Module, variables: Any, batch: dict[str, jnp.ndarray]
 ) -> dict[str, jnp.ndarray]:

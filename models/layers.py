@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -239,6 +240,21 @@ def rotary_positions(positions: jnp.ndarray, base: float = 10000.0) -> Iterator[
 
   with nn.intercept_methods(interceptor):
     yield rotated
+
+
+def rotary_supported(attention_cls: type[Attention], config: Mapping[str, Any]) -> bool:
+  """Whether a type projects queries and keys through `Attention.dense_heads` (shape-only run).
+
+  Unknown (True) when the tiny probe itself fails: the model then checks while tracing.
+  """
+  layer = attention_lib.build(dict(config))(num_heads=1, qkv_features=2, out_features=2)
+  x = jnp.zeros((1, 4, 2))
+  try:
+    with rotary_positions(jnp.zeros((1, 4), jnp.int32)) as rotated:
+      jax.eval_shape(lambda: layer.init(jax.random.key(0), x))
+  except Exception:  # a probe only
+    return True
+  return {"query", "key"} <= set(rotated)
 
 
 def self_attention(

@@ -24,6 +24,7 @@ class DecoderLM(nn.Module):
   """Causal Transformer LM: `(batch, train) -> logits [B, T, vocab]`."""
 
   task_kinds: ClassVar[tuple[str, ...]] = ("lm",)
+  supports_packing: ClassVar[bool] = True
   config_class: ClassVar[type] = TransformerConfig
   config: TransformerConfig
 

@@ -207,6 +207,7 @@ class RNNSeq2Seq(nn.Module):
   """RNN encoder-decoder with attention: `(batch, train) -> logits [B, T, target_vocab]`."""
 
   task_kinds: ClassVar[tuple[str, ...]] = ("seq2seq",)
+  supports_packing: ClassVar[bool] = False
   config_class: ClassVar[type] = RNNConfig
   config: RNNConfig
 

@@ -26,6 +26,7 @@ from models.layers import (
   TransformerConfig,
   config_from,
   embed_module,
+  rotary_supported,
 )
 
 
@@ -72,6 +73,11 @@ def validate_transformer(
         f"max_len={cfg.max_len} is shorter than the task's longest sequence {longest}"
       )
   check_attention_roles(cfg.attention_class(), roles)
+  if cfg.position == "rotary" and not rotary_supported(cfg.attention_class(), cfg.attention):
+    raise ValueError(
+      f"position='rotary' needs an attention type projecting queries/keys with "
+      f"Attention.dense_heads; {dict(cfg.attention)['name']!r} does not: use sinusoidal or learned"
+    )
 
 
 def check_attention_roles(cls: Any, roles: tuple[str, ...]) -> None:
@@ -88,6 +94,7 @@ class Transformer(nn.Module):
   """Encoder-decoder: `(batch, train) -> logits [B, T, target_vocab]`."""
 
   task_kinds: ClassVar[tuple[str, ...]] = ("seq2seq",)
+  supports_packing: ClassVar[bool] = True
   config_class: ClassVar[type] = TransformerConfig
   config: TransformerConfig
 

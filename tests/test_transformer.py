@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,9 +59,11 @@ def random_batch(seed=0, b=2, s=7, t=6, vocab=13):
 
 
 def test_train_step_loss_and_grad():
-  model = models.build(model_config(dropout_rate=0.1, attention_dropout_rate=0.1), Info())
+  model = models.build(
+    model_config(dropout_rate=0.1, attention_dropout_rate=0.1, num_decoder_layers=1), Info()
+  )
   batch = random_batch()
-  variables = model.init(jax.random.key(0), batch, train=False)
+  variables = jax.jit(model.init)(jax.random.key(0), batch)
 
   def loss_fn(params):
     logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(1)})
@@ -71,7 +74,7 @@ def test_train_step_loss_and_grad():
   assert np.isfinite(float(loss))
   norms = jax.tree.leaves(jax.tree.map(lambda g: jnp.abs(g).sum(), grads))
   assert all(np.isfinite(float(n)) for n in norms)
-  assert model.apply(variables, batch).shape == (2, 6, 13)
+  assert jax.eval_shape(model.apply, variables, batch).shape == (2, 6, 13)
 
 
 @pytest.mark.parametrize(
@@ -89,24 +92,32 @@ def test_cached_decoding_matches_full_forward(position, norm, share, tied):
     info,
   )
   batch = random_batch(t=6, vocab=11)
-  params = model.init(jax.random.key(0), batch)["params"]
-  full = model.apply({"params": params}, batch)
+  params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
+  full = jax.jit(model.apply)({"params": params}, batch)
 
   decoder = Transformer(model.config.replace(decode=True))
-  encoded = model.apply({"params": params}, batch["inputs"], method=Transformer.encode)
-  cache = decoder.init(
-    jax.random.key(0), encoded, batch["inputs"], batch["targets"], method=Transformer.decode
-  )["cache"]
+  encoded = jax.jit(lambda x: model.apply({"params": params}, x, method=Transformer.encode))(
+    batch["inputs"]
+  )
+  cache = jax.eval_shape(
+    lambda: decoder.init(
+      jax.random.key(0), encoded, batch["inputs"], batch["targets"], method=Transformer.decode
+    )["cache"]
+  )
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)  # a fresh cache is zeros
   shifted = jnp.pad(batch["targets"], ((0, 0), (1, 0)))[:, :-1]
-  for t in range(batch["targets"].shape[1]):
-    step, mutated = decoder.apply(
+  decode = jax.jit(
+    lambda cache, token: decoder.apply(
       {"params": params, "cache": cache},
       encoded,
       batch["inputs"],
-      shifted[:, t : t + 1],
+      token,
       method=Transformer.decode,
       mutable=["cache"],
     )
+  )
+  for t in range(batch["targets"].shape[1]):
+    step, mutated = decode(cache, shifted[:, t : t + 1])
     cache = mutated["cache"]
     # Row 0 is padded after position 3; its padded positions differ (masked queries), skip them.
     rows = slice(None) if t < 4 else slice(1, None)
@@ -139,15 +150,9 @@ def test_packing_keeps_segments_apart():
 def test_bfloat16_compute_keeps_float32_params():
   model = models.build(model_config(dtype="bfloat16"), Info())
   batch = random_batch()
-  variables = model.init(jax.random.key(0), batch)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn_unbox(variables)))
-  assert model.apply(variables, batch).dtype == jnp.float32
-
-
-def nn_unbox(tree):
-  import flax.linen as nn
-
-  return nn.unbox(tree)
+  variables = jax.eval_shape(model.init, jax.random.key(0), batch)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nn.unbox(variables)))
+  assert jax.eval_shape(model.apply, variables, batch).dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
@@ -189,7 +194,7 @@ def test_transformer_base_parameter_count():
   model = models.build(cfg, info)
   batch = {"inputs": jnp.ones((1, 8), jnp.int32), "targets": jnp.ones((1, 8), jnp.int32)}
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"]
-  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn_unbox(shapes)))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes)))
   attention = 4 * (d * d + d)  # q, k, v, out with biases
   mlp = d * f + f + f * d + d
   ln = 2 * d
