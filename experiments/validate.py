@@ -120,7 +120,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writable, has space, and (if resuming) was made by a config of the same shapes."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
