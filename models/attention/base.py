@@ -138,6 +138,8 @@ class Attention(nn.Module):
     weights = self.weights_dropout(weights, deterministic)
     b, h, tq, tk = weights.shape
     kv_heads = values.shape[2]
+    if kv_heads == h:
+      return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(values.dtype), values)
     grouped = weights.reshape(b, kv_heads, h // kv_heads, tq, tk).astype(values.dtype)
     context = jnp.einsum("bhgqk,bkhd->bqhgd", grouped, values)
     return context.reshape(b, tq, h, values.shape[-1])
@@ -154,7 +156,9 @@ def normalize(
   w = softmax(s / τ) over the allowed keys; with `top_k` only the k largest allowed scores per
   query survive. Rows with no allowed key get all-zero weights. Computed in float32.
   """
-  s = scores.astype(jnp.float32) / temperature
+  s = scores.astype(jnp.float32)
+  if temperature != 1.0:
+    s = s / temperature
   if mask is not None:
     s = jnp.where(mask, s, NEG_INF)
   if top_k is not None and top_k < s.shape[-1]:

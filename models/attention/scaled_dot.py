@@ -7,10 +7,12 @@ attention (Ainslie et al. 2023, "GQA"); `num_kv_heads = 1` multi-query attention
 "Fast Transformer Decoding: One Write-Head is All You Need").
 Cost: O(Tq Tk d) time, O(Tq Tk) memory per head (for O(T) memory see `memory_efficient`).
 
-`implementation`: `xla` (plain einsum), `jax` (`jax.nn.dot_product_attention`, which lowers to
-the same XLA computation unless told otherwise), `auto` (the `jax` path where it applies, else
-`xla`). The `jax` path supports no temperature/top-k; when the weights are asked for (the
-`intermediates` collection is mutable) both `jax` and `auto` compute them on the `xla` path.
+`implementation`: `xla` (plain einsum), `jax` (`jax.nn.dot_product_attention`; on a GPU with
+bfloat16/float16 inputs its cuDNN flash-attention kernel, O(T) memory), `auto` (the fastest
+correct one for the backend: the cuDNN kernel on a GPU where it applies, the einsum elsewhere —
+on CPU the einsum is faster than `jax.nn.dot_product_attention`'s XLA lowering, see
+docs/benchmarks.md). The `jax` path supports no temperature/top-k; when the weights are asked
+for (the `intermediates` collection is mutable) both `jax` and `auto` use the `xla` path.
 Query rows with no allowed key give zeros on both paths.
 """
 
@@ -24,6 +26,12 @@ from models.attention.base import Attention, normalize
 IMPLEMENTATIONS = ("auto", "xla", "jax")
 
 
+def cudnn_kernel(dtype) -> str | None:
+  """'cudnn' where jax's cuDNN flash attention applies (GPU, 16-bit inputs), else None (XLA)."""
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if half and jax.default_backend() == "gpu" else None
+
+
 def dot_product_weights(
   q: jnp.ndarray,
   k: jnp.ndarray,
@@ -34,10 +42,14 @@ def dot_product_weights(
   """`[B, Tq, H, D]`, `[B, Tk, Hkv, D]` (Hkv divides H) -> weights `[B, H, Tq, Tk]`."""
   b, tq, h, d = q.shape
   kv_heads = k.shape[2]
-  grouped = q.reshape(b, tq, kv_heads, h // kv_heads, d)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, k).reshape(b, h, tq, k.shape[1])
-  scores = scores / jnp.sqrt(jnp.float32(d)).astype(scores.dtype)
-  return normalize(scores, mask, temperature, top_k)
+  # 1/(√d τ) scales q (O(T d)) rather than the scores (O(T²)).
+  q = q * jnp.asarray(1.0 / (d**0.5 * temperature), q.dtype)
+  if kv_heads == h:
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  else:
+    grouped = q.reshape(b, tq, kv_heads, h // kv_heads, d)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", grouped, k).reshape(b, h, tq, k.shape[1])
+  return normalize(scores, mask, 1.0, top_k)
 
 
 def repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
@@ -73,6 +85,8 @@ class ScaledDotProductAttention(Attention):
     if self.implementation == "jax" and not plain:
       raise ValueError("implementation='jax' supports no temperature/top_k; use 'xla' or 'auto'")
     wants_weights = self.is_mutable_collection("intermediates")
+    if self.implementation == "auto" and cudnn_kernel(self.dtype) is None:
+      return False
     return self.implementation in ("jax", "auto") and plain and not wants_weights
 
   @nn.compact
@@ -98,7 +112,9 @@ class ScaledDotProductAttention(Attention):
     if self.use_jax_kernel() and not use_dropout:
       if mask is not None:
         mask = masks.as_4d(jnp.asarray(mask, bool))
-      context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      context = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, implementation=cudnn_kernel(self.dtype)
+      )
       if mask is not None:  # rows with no allowed key: zeros, as on the xla path
         any_key = jnp.any(mask, axis=-1)  # [B|1, H|1, Tq]
         context = context * jnp.transpose(any_key, (0, 2, 1))[..., None].astype(context.dtype)
