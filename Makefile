@@ -28,7 +28,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -n 2 --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.benchmark --all_cpu_tables

@@ -18,8 +18,6 @@ implementation, `jax_dpa_cudnn`). `vs_reference` = time / `flax_mha`'s time at t
 
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from experiments.device_info import machine, matmul_rate
 from models import attention
 
 FLAGS = flags.FLAGS
@@ -201,21 +200,6 @@ def measure(name: str, s: Shape, repeats: int, max_temp_bytes: float) -> dict:
   }
 
 
-def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
-  """Measured GFLOP/s of an n x n matmul: the device's practical peak for utilisation figures."""
-  a, b = (
-    jax.random.normal(k, (n, n), jnp.dtype(dtype)) for k in jax.random.split(jax.random.key(0))
-  )
-  f = jax.jit(jnp.matmul).lower(a, b).compile()
-  jax.block_until_ready(f(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    times.append(time.perf_counter() - t0)
-  return 2.0 * n**3 / statistics.median(times) / 1e9
-
-
 def run(names, lengths, shape: Shape, repeats: int, max_temp_gib: float) -> list[dict]:
   """Rows for every type x length, references first; `vs_reference` filled from flax_mha."""
   rows = []
@@ -324,17 +308,6 @@ def plot(rows: list[dict], prefix: str) -> list[str]:
     plt.close(fig)
     paths.append(path)
   return paths
-
-
-def machine() -> str:
-  cpu = platform.processor() or "unknown CPU"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-    cpu = names[0] if names else cpu
-  dev = jax.devices()[0]
-  kind = dev.device_kind if dev.platform != "cpu" else cpu
-  return f"{kind}, {os.cpu_count()} cores, jax {jax.__version__}, backend {jax.default_backend()}"
 
 
 def main(argv) -> None:
