@@ -23,6 +23,10 @@ FIELDS: dict[str, dict] = {
   "memory_efficient": {"num_kv_heads": 1, "query_chunk_size": 3, "key_chunk_size": 2},
   "recurrent": {"hidden_size": 8},
   "scaled_dot": {},
+  "sliding_window": {"window": 2},
+  "linear": {"chunk_size": 3},
+  "performer": {"num_features": 16, "chunk_size": 3},
+  "linformer": {"k": 4, "max_length": 16},
 }
 
 

@@ -68,3 +68,7 @@ from models.attention import luong  # noqa: E402,F401
 from models.attention import memory_efficient  # noqa: E402,F401
 from models.attention import recurrent  # noqa: E402,F401
 from models.attention import scaled_dot  # noqa: E402,F401
+from models.attention import linear  # noqa: E402,F401
+from models.attention import linformer  # noqa: E402,F401
+from models.attention import performer  # noqa: E402,F401
+from models.attention import sliding_window  # noqa: E402,F401

@@ -1,0 +1,53 @@
+"""Linformer: keys and values projected along the length to k rows, then exact attention.
+
+    out = softmax(Q (E K)ᵀ / √d) (F V),     E, F ∈ R^{k × n} (learned; `sharing='key_value'`: F = E)
+
+Wang et al. 2020, "Linformer: Self-Attention with Linear Complexity". E and F are learned over
+`max_length` positions and cut to the key length; padded keys are zeroed before the projection,
+so they contribute nothing. Not causal (the projection mixes all positions).
+Cost: O(T k d) time, O(T k) memory. Key-padding masks only.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from models.attention import masks, register
+from models.attention.base import Attention, normalize
+
+SHARING = ("none", "key_value")
+
+
+@register("linformer")
+class LinformerAttention(Attention):
+  supports_causal = False
+  dense_mask = False
+
+  k: int = 64  # projected length
+  max_length: int = 512  # longest key sequence
+  sharing: str = "none"  # none | key_value
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, deterministic=True):
+    if self.sharing not in SHARING:
+      raise ValueError(f"sharing={self.sharing!r}; valid: {SHARING}")
+    if self.causal:
+      raise ValueError("linformer cannot be causal: its projection mixes all positions")
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    q, k, v = self.project_qkv(inputs_q, inputs_kv)
+    t = k.shape[1]
+    if t > self.max_length:
+      raise ValueError(f"linformer: {t} keys > max_length={self.max_length}; raise max_length")
+    init = nn.initializers.normal(stddev=1.0 / self.k**0.5)
+    e = self.param("e", init, (self.k, self.max_length), self.param_dtype)[:, :t]
+    f = (
+      e if self.sharing == "key_value" else self.param("f", init, (self.k, self.max_length))[:, :t]
+    )
+    valid = masks.key_padding(mask, t)
+    if valid is not None:
+      k, v = (x * valid[:, :, None, None].astype(x.dtype) for x in (k, v))
+    k_proj = jnp.einsum("rt,bthd->brhd", e.astype(k.dtype), k)
+    v_proj = jnp.einsum("rt,bthd->brhd", f.astype(v.dtype), v)
+    scores = jnp.einsum("bqhd,brhd->bhqr", q, k_proj) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    weights = self.weights_dropout(normalize(scores), deterministic).astype(v.dtype)
+    context = jnp.einsum("bhqr,brhd->bqhd", weights, v_proj)
+    return self.project_out(context, inputs_q.shape[-1])

@@ -1,0 +1,74 @@
+"""Performer (FAVOR+): softmax attention approximated with positive orthogonal random features.
+
+    exp(q·k/√d) ≈ φ(q)ᵀφ(k),   φ(x) = exp(Ωx' − |x'|²/2) / √M,   x' = x / d^{1/4},
+    Ω ∈ R^{M×d} rows orthogonal (blocks of QR-orthogonalised Gaussians, norms ~ χ_d)
+
+Choromanski et al. 2021, "Rethinking Attention with Performers". The output is then that of
+linear attention with this φ (`linear.kernel_attention`), bidirectional or causal (prefix sums).
+A per-query (and per-batch-head for keys) maximum is subtracted inside the exponential for
+stability; it cancels between numerator and denominator. `redraw`: `fixed` (Ω drawn from `seed`
+and the layer's name) or `every_call` (a fresh Ω from the `attention` rng when the call has one —
+training — and the fixed Ω otherwise). The error against exact softmax attention
+falls as `num_features` M grows (tests/test_attention_efficient.py).
+Cost: O(T M d) time, O(T (M + d) + M d) memory.
+"""
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+
+from models.attention import register
+from models.attention.linear import KernelAttention
+
+REDRAW = ("fixed", "every_call")
+
+
+def orthogonal_features(key: jax.Array, m: int, d: int) -> jnp.ndarray:
+  """`[M, d]` Gaussian rows made orthogonal in blocks of d, rescaled to Gaussian row norms."""
+  blocks = []
+  keys = jax.random.split(key, m // d + 2)
+  for i in range(-(-m // d)):
+    q, _ = jnp.linalg.qr(jax.random.normal(keys[i], (d, d)))
+    blocks.append(q.T)
+  omega = jnp.concatenate(blocks)[:m]
+  norms = jnp.linalg.norm(jax.random.normal(keys[-1], (m, d)), axis=1)
+  return omega * norms[:, None]
+
+
+@register("performer")
+class PerformerAttention(KernelAttention):
+  num_features: int = 256
+  redraw: str = "fixed"  # fixed | every_call
+  seed: int = 0  # of the fixed features
+
+  def feature_maps(self, q, k, valid):
+    if self.redraw not in REDRAW:
+      raise ValueError(f"redraw={self.redraw!r}; valid: {REDRAW}")
+    d = q.shape[-1]
+    # Fixed features: a function of `seed` and the layer's path, so every layer has its own and
+    # nothing needs storing (XLA folds them into constants).
+    layer = zlib.crc32("/".join(self.scope.path).encode())
+    omega = orthogonal_features(
+      jax.random.fold_in(jax.random.key(self.seed), layer), self.num_features, d
+    )
+    if self.redraw == "every_call" and self.has_rng("attention") and not self.is_initializing():
+      omega = orthogonal_features(self.make_rng("attention"), self.num_features, d)
+    scale = d**-0.25
+
+    def projected(x):
+      x = x * scale
+      return jnp.einsum("bthd,md->bthm", x, omega), 0.5 * jnp.sum(x * x, -1, keepdims=True)
+
+    wq, nq = projected(q)
+    wk, nk = projected(k)
+    q_shift = jax.lax.stop_gradient(jnp.max(wq, axis=-1, keepdims=True))
+    wk_valid = wk if valid is None else jnp.where(valid[:, :, None, None], wk, -jnp.inf)
+    # Keys: one shift per batch and head (cancels in the ratio). Causal attention must not see
+    # later keys, so there no shift is taken: ω·x' − |x'|²/2 <= |ω|²/2 ≈ d/2 cannot overflow.
+    k_shift = 0.0 if self.causal else jnp.max(wk_valid, axis=(1, 3), keepdims=True)
+    k_shift = jax.lax.stop_gradient(k_shift)
+    m = self.num_features
+    phi_q = jnp.exp(wq - nq - q_shift) / jnp.sqrt(m)
+    phi_k = jnp.exp(wk - nk - k_shift) / jnp.sqrt(m)
+    return phi_q, phi_k
