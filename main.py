@@ -15,6 +15,11 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/default.py:arg.")
+flags.DEFINE_bool("sweep", False, "Run every point of the experiment file's get_sweep(arg).")
+flags.DEFINE_integer("sweep_parallel", 1, "With --sweep: points run as this many local processes.")
+flags.DEFINE_integer(
+  "sweep_point", None, "Run only point K of the sweep (e.g. a SLURM array task)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +32,7 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
   import jax
 
-  from experiments import checkpoints, distributed, train, validate
+  from experiments import checkpoints, distributed, sweep, train, validate
 
   distributed.initialize()
 
@@ -35,7 +40,11 @@ def main(argv):
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.sweep or FLAGS.sweep_point is not None:
+      experiment = config_flags.get_config_filename(FLAGS["config"])  # "configs/x.py[:arg]"
+      sweep.run(FLAGS.config, experiment, FLAGS.workdir, FLAGS.sweep_parallel, FLAGS.sweep_point)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (validate.ConfigError, train.NonFiniteError, checkpoints.NoGoodCheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

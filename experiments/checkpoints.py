@@ -46,6 +46,19 @@ class Checkpoints:
   def save_best(self, step: int, state, meta: dict[str, Any], metrics: dict[str, float]) -> None:
     self.best.save(step, args=self._args(state, meta), metrics=metrics, force=True)
 
+  def restore_best(self, abstract_state) -> Any | None:
+    """The state of the best checkpoint, or None if there is none."""
+    step = self.best.best_step()
+    if step is None:
+      return None
+    restored = self.best.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return restored["state"]
+
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any]] | None:
     """The newest checkpoint that restores; falls back past damaged ones with a warning.
 

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -193,11 +192,17 @@ def _eval_batches(datasets, local_batch_size: int) -> list[dict[str, np.ndarray]
   return batches + [filler] * (n - len(batches))
 
 
-def _peak_memory_bytes() -> int:
+def peak_memory_bytes(step: Step) -> int:
+  """Device peak where the backend reports it (GPU/TPU), else the train step's compiled footprint
+  (arguments + outputs + temporaries, per XLA's memory analysis), comparable between runs."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process RSS
+  sizes = [e.memory_analysis() for e in step.train.executables.values()]
+  return max(
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    for m in sizes
+  )
 
 
 def _improved(value: float, best: dict[str, float] | None, key: str, mode: str) -> bool:
@@ -236,6 +241,13 @@ class _Log:
     self.writer.close()
 
 
+def main_metric(config: ml_collections.ConfigDict, info) -> tuple[str, str]:
+  """The eval metric that picks the best checkpoint, and whether higher ('max') is better."""
+  if decode_eval.enabled(config, info):
+    return "bleu", "max"
+  return tasks.MAIN_METRIC[info.kind]
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -260,9 +272,7 @@ def train_and_evaluate(
   mesh = sharding.make_mesh(config.mesh.shape)
   tx = optim.create(config.optimizer, config.train.num_steps)
   kind, num_steps = info.kind, config.train.num_steps
-  metric_name, mode = tasks.MAIN_METRIC[kind]
-  if decode_eval.enabled(config, info):
-    metric_name, mode = "bleu", "max"
+  metric_name, mode = main_metric(config, info)
 
   with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
     stack.enter_context(
@@ -364,7 +374,7 @@ def train_and_evaluate(
     },
     "params": int(num_params),
     "compile_seconds": step_fns.compile_seconds,
-    "peak_memory_bytes": _peak_memory_bytes(),
+    "peak_memory_bytes": peak_memory_bytes(step_fns),
     "wall_seconds": wall_before + time.time() - wall_start,
   }
   if jax.process_index() == 0:
