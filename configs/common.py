@@ -42,3 +42,32 @@ def zip_(*sweeps: list[dict]) -> list[dict]:
 def chain(*sweeps: list[dict]) -> list[dict]:
   """The points of each sweep in turn."""
   return [point for sweep in sweeps for point in sweep]
+
+
+# Sections every experiment shares (override fields after calling).
+
+
+def loop_section() -> ml_collections.ConfigDict:
+  """`config.train`: the fault-tolerance fields; the experiment sets steps and intervals."""
+  train = ml_collections.ConfigDict()
+  train.keep_checkpoints = 2  # the last K, plus the best by the task's main eval metric
+  train.on_nonfinite = "stop"  # stop | skip (skip the update; stop after max_nonfinite in a row)
+  train.max_nonfinite = 10
+  train.label_smoothing = 0.0
+  return train
+
+
+def mesh_section(shape: tuple[int, int, int] = (-1, 1, 1)) -> ml_collections.ConfigDict:
+  """`config.mesh`: axes (data, fsdp, tensor), -1 = the remaining devices; the batch is split
+  over data x fsdp, parameters by their logical axis names."""
+  mesh = ml_collections.ConfigDict()
+  mesh.shape = shape
+  mesh.logical_axis_rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+  )
+  return mesh

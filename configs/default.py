@@ -10,7 +10,7 @@ overridden with `--config.a.b=value`.
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import loop_section, mesh_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -74,25 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1  # >1: optax.MultiSteps, one update every k batches
 
   # Loop.
-  config.train = ml_collections.ConfigDict()
+  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
   config.train.num_steps = args.steps  # batches consumed
   config.train.eval_every_steps = 500  # also evaluates at the end
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 500
-  config.train.keep_checkpoints = 2  # the last K, plus the best by the main eval metric
-  config.train.on_nonfinite = "stop"  # stop | skip (skip the update; stop after max_nonfinite)
-  config.train.max_nonfinite = 10
 
-  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
-  # Logical parameter axes -> mesh axes (the batch is split over data and fsdp).
-  config.mesh.logical_axis_rules = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-  )
+  config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

@@ -13,7 +13,7 @@ base_cifar10_config.py`): a small model, 200 epochs of the first 90% of the trai
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import loop_section, mesh_section, parse_arg
 
 TRAIN_EXAMPLES = 45000  # LRA: 90% of CIFAR-10's 50000 training images
 EPOCHS = 200  # LRA: 200
@@ -70,25 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1
 
   # Loop.
-  config.train = ml_collections.ConfigDict()
+  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
   config.train.num_steps = steps_per_epoch * args.epochs  # LRA: 175 * 200 = 35000
   config.train.eval_every_steps = steps_per_epoch  # LRA: every epoch
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = steps_per_epoch * 10
-  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
-  config.train.on_nonfinite = "stop"  # stop | skip
-  config.train.max_nonfinite = 10
-  config.train.label_smoothing = 0.0
 
-  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
-  config.mesh.logical_axis_rules = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-  )
+  config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

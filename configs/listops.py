@@ -15,7 +15,7 @@ the paper: 512 dim, 8 heads, 6 layers, FFN 2048, 5K steps); where they differ it
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import loop_section, mesh_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -70,25 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1
 
   # Loop.
-  config.train = ml_collections.ConfigDict()
+  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
   config.train.num_steps = args.steps  # LRA: 5000
   config.train.eval_every_steps = 500
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 1000
-  config.train.keep_checkpoints = 2  # the last K, plus the best by eval accuracy
-  config.train.on_nonfinite = "stop"  # stop | skip
-  config.train.max_nonfinite = 10
-  config.train.label_smoothing = 0.0
 
-  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
-  config.mesh.logical_axis_rules = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-  )
+  config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

@@ -16,7 +16,7 @@ weight decay 0.1, 500K steps); flax evaluates on 512-token rows, here eval uses 
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import loop_section, mesh_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -76,25 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1
 
   # Loop.
-  config.train = ml_collections.ConfigDict()
+  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
   config.train.num_steps = args.steps  # flax lm1b: 500000
   config.train.eval_every_steps = 2000
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 5000
-  config.train.keep_checkpoints = 2  # the last K, plus the best by eval loss
-  config.train.on_nonfinite = "stop"  # stop | skip
-  config.train.max_nonfinite = 10
-  config.train.label_smoothing = 0.0
 
-  # Devices: mesh axes (data, fsdp, tensor); -1 takes the remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
-  config.mesh.logical_axis_rules = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-  )
+  config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config
