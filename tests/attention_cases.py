@@ -27,6 +27,12 @@ FIELDS: dict[str, dict] = {
   "linear": {"chunk_size": 3},
   "performer": {"num_features": 16, "chunk_size": 3},
   "linformer": {"k": 4, "max_length": 16},
+  "longformer": {"window": 1, "global_tokens": 1},
+  "bigbird": {"block_size": 2, "num_global_blocks": 1, "num_random_blocks": 1},
+  "sparse_fixed": {"stride": 2, "num_summary": 1},
+  "sinkhorn": {"block_size": 2, "max_length": 16},
+  "lsh": {"bucket_size": 1, "num_hashes": 2},
+  "synthesizer": {"variant": "dense", "max_length": 16, "mix_dot": True},
 }
 
 

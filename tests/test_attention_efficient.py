@@ -1,5 +1,7 @@
 """The long-range family against exact attention and its own quadratic forms; linear memory."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 from models import attention
-from models.attention import linear, masks
+from models.attention import _blocks, bigbird, linear, masks, performer
 
 B, T, E, H = 2, 11, 8, 2
 
@@ -20,32 +22,124 @@ def _layer(name, **fields):
   return attention.build({"name": name, **fields})(num_heads=H, qkv_features=E)
 
 
+def _init(layer, seed, x):
+  """Jitted `layer.init` (op-by-op, every op compiles on first use: far slower)."""
+  return jax.jit(layer.init)(jax.random.key(seed), x)
+
+
+@functools.cache
+def _jitted_apply(layer, mutable):
+  mutable = list(mutable) or False
+  return jax.jit(lambda v, x, m, r: layer.apply(v, x, mask=m, rngs=r, mutable=mutable))
+
+
+def _run(layer, variables, x, *, mask=None, rngs=None, mutable=()):
+  """Jitted `layer.apply` (returns `(out, state)` when `mutable`), one compile per layer."""
+  return _jitted_apply(layer, tuple(mutable))(variables, x, mask, rngs or {})
+
+
 def _exact(params, x, mask=None, causal=False):
   """scaled_dot with the same projection parameters (the trees match)."""
-  layer = _layer("scaled_dot", implementation="xla").clone(causal=causal)
-  return layer.apply(params, x, mask=mask)
+  return _run(_layer("scaled_dot", implementation="xla").clone(causal=causal), params, x, mask=mask)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_sliding_window_covering_everything_is_exact(causal):
   x = _x(0)
   layer = _layer("sliding_window", window=T).clone(causal=causal)
-  params = layer.init(jax.random.key(1), x)
-  np.testing.assert_allclose(layer.apply(params, x), _exact(params, x, causal=causal), atol=1e-5)
+  params = _init(layer, 1, x)
+  np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_sliding_window_equals_band_masked_exact_attention(causal):
   x, w = _x(2), 3
   layer = _layer("sliding_window", window=w).clone(causal=causal)
-  params = layer.init(jax.random.key(3), x)
+  params = _init(layer, 3, x)
   i, j = np.arange(T)[:, None], np.arange(T)[None, :]
   band = (np.abs(i - j) <= w) & ((j <= i) if causal else True)
   lengths = jnp.array([T, T - 4])
   pad = masks.padding_mask(None, jnp.arange(T)[None] < lengths[:, None])
-  got = layer.apply(params, x, mask=pad)
+  got = _run(layer, params, x, mask=pad)
   want = _exact(params, x, mask=masks.combine(pad, jnp.asarray(band)[None, None]))
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _longformer_mask(t, window, g, causal):
+  """The dense form of longformer's pattern: the band, plus global rows and columns."""
+  i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+  allowed = (np.abs(i - j) <= window) | (i < g) | (j < g)
+  return allowed & (j <= i) if causal else allowed
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("window", "g"), [(T, 1), (1, T), (0, 0)])
+def test_longformer_without_sparsity_is_exact(causal, window, g):
+  """A window covering everything, or every token global, is exact attention; window 0 and no
+  global tokens: each query sees only itself."""
+  x = _x(8)
+  layer = _layer("longformer", window=window, global_tokens=g).clone(causal=causal)
+  params = _init(layer, 9, x)
+  want_mask = jnp.asarray(_longformer_mask(T, window, g, causal))[None, None]
+  np.testing.assert_allclose(
+    _run(layer, params, x), _exact(params, x, mask=want_mask, causal=causal), atol=1e-5
+  )
+  if window >= T or g >= T:
+    np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_longformer_equals_masked_exact_attention(causal):
+  """Window 2, 2 global tokens, padded keys: scaled_dot with the same dense pattern, weights too."""
+  x, window, g = _x(10), 2, 2
+  layer = _layer("longformer", window=window, global_tokens=g).clone(causal=causal)
+  params = _init(layer, 11, x)
+  lengths = jnp.array([T, T - 4])
+  pad = masks.padding_mask(None, jnp.arange(T)[None] < lengths[:, None])
+  full = masks.combine(pad, jnp.asarray(_longformer_mask(T, window, g, False))[None, None])
+  got, got_w = _run(layer, params, x, mask=pad, mutable=["intermediates"])
+  exact = _layer("scaled_dot", implementation="xla").clone(causal=causal)
+  want, want_w = _run(exact, params, x, mask=full, mutable=["intermediates"])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(
+    got_w["intermediates"]["attention_weights"][0],
+    want_w["intermediates"]["attention_weights"][0],
+    atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sliding_window_sows_its_band_weights(causal):
+  x, w = _x(12), 3
+  layer = _layer("sliding_window", window=w).clone(causal=causal)
+  params = _init(layer, 13, x)
+  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  band = jnp.asarray((np.abs(i - j) <= w) & ((j <= i) if causal else True))[None, None]
+  _, got = _run(layer, params, x, mutable=["intermediates"])
+  exact = _layer("scaled_dot", implementation="xla").clone(causal=causal)
+  _, want = _run(exact, params, x, mask=band, mutable=["intermediates"])
+  np.testing.assert_allclose(
+    got["intermediates"]["attention_weights"][0],
+    want["intermediates"]["attention_weights"][0],
+    atol=1e-6,
+  )
+
+
+def test_performer_fixed_features_are_stored_and_every_call_redraws():
+  x = _x(14, t=8)
+  layer = _layer("performer", num_features=16)
+  variables = _init(layer, 15, x)
+  omega = variables["constants"]["omega"]
+  assert omega.shape == (16, E // H)
+  stored = _run(layer, variables, x)
+  # Without the collection the same features are recomputed; stored ones are used when present.
+  np.testing.assert_allclose(_run(layer, {"params": variables["params"]}, x), stored, atol=1e-6)
+  other = {**variables, "constants": {"omega": 2.0 * omega}}
+  assert not np.allclose(_run(layer, other, x), stored, atol=1e-4)
+  redraw = layer.clone(redraw="every_call")
+  np.testing.assert_allclose(_run(redraw, variables, x), stored, atol=1e-6)  # no rng: fixed
+  a, b = (_run(redraw, variables, x, rngs={"attention": jax.random.key(s)}) for s in (1, 2))
+  assert not np.allclose(a, b, atol=1e-4)
 
 
 def test_linear_causal_equals_its_quadratic_form():
@@ -63,16 +157,19 @@ def test_linear_causal_equals_its_quadratic_form():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_performer_error_falls_with_more_features(causal):
+  """Mean error against exact attention over 3 feature draws at 16, 128 and 1024 features."""
   x = 0.5 * _x(4, t=16)
   errors = []
   for m in (16, 128, 1024):
-    per_seed = []
+    layer = _layer("performer", num_features=m).clone(causal=causal)
+    variables = _init(layer, 5, x)
+    want = _exact(variables, x, causal=causal)
+    per_draw = []
     for seed in range(3):
-      layer = _layer("performer", num_features=m, seed=seed).clone(causal=causal)
-      params = layer.init(jax.random.key(5), x)
-      err = jnp.abs(layer.apply(params, x) - _exact(params, x, causal=causal)).mean()
-      per_seed.append(float(err))
-    errors.append(np.mean(per_seed))
+      omega = performer.orthogonal_features(jax.random.key(100 + seed), m, E // H)
+      got = _run(layer, {**variables, "constants": {"omega": omega}}, x)
+      per_draw.append(float(jnp.abs(got - want).mean()))
+    errors.append(np.mean(per_draw))
   assert errors[0] > errors[1] > errors[2], errors
   assert errors[2] < 0.05
 
@@ -80,7 +177,7 @@ def test_performer_error_falls_with_more_features(causal):
 def test_linformer_matches_its_equation():
   x = _x(6)
   layer = _layer("linformer", k=5, max_length=16)
-  params = layer.init(jax.random.key(7), x)
+  params = _init(layer, 7, x)
   p = nn.unbox(params)["params"]
 
   def proj(name, inp):
@@ -92,7 +189,7 @@ def test_linformer_matches_its_equation():
   w = jax.nn.softmax(jnp.einsum("bqhd,brhd->bhqr", q, kp) / np.sqrt(E // H), -1)
   ctx = jnp.einsum("bhqr,brhd->bqhd", w, vp)
   want = jnp.einsum("bqhd,hdo->bqo", ctx, p["out"]["kernel"]) + p["out"]["bias"]
-  np.testing.assert_allclose(layer.apply(params, x), want, atol=1e-5)
+  np.testing.assert_allclose(_run(layer, params, x), want, atol=1e-5)
 
 
 def _temp_bytes(name, t, **fields):
@@ -111,8 +208,297 @@ def _temp_bytes(name, t, **fields):
     ("linear", {}),
     ("performer", {"num_features": 64}),
     ("linformer", {"k": 64, "max_length": 4096}),
+    ("longformer", {"window": 64, "global_tokens": 1}),
+    ("bigbird", {"block_size": 64}),
+    ("sinkhorn", {"block_size": 64, "max_length": 4096}),
+    ("lsh", {"bucket_size": 32, "num_hashes": 2}),
   ],
 )
 def test_compiled_memory_grows_linearly(name, fields):
   small, large = _temp_bytes(name, 1024, **fields), _temp_bytes(name, 4096, **fields)
   assert large / small < 6, (small, large)  # quadratic would be 16x
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _lengths_mask(t=T):
+  """Key padding `[B, 1, 1, t]`: example 1 has 4 padded keys."""
+  return masks.padding_mask(None, jnp.arange(t)[None] < jnp.array([t, t - 4])[:, None])
+
+
+def _proj(p, name, x):
+  return jnp.einsum("btd,dhk->bthk", x, p[name]["kernel"]) + p[name]["bias"]
+
+
+def _out(p, context):
+  return jnp.einsum("bqhd,hdo->bqo", context, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _assert_like_masked_exact(layer, params, x, pattern, causal):
+  """`layer` with key padding = scaled_dot with padding AND `pattern` `[1|H, T, T]`, weights too."""
+  pad = _lengths_mask()
+  full = masks.combine(pad, jnp.asarray(pattern)[None])
+  got, got_w = _run(layer, params, x, mask=pad, mutable=["intermediates"])
+  exact = _layer("scaled_dot", implementation="xla").clone(causal=causal)
+  want, want_w = _run(exact, params, x, mask=full, mutable=["intermediates"])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(
+    got_w["intermediates"]["attention_weights"][0],
+    want_w["intermediates"]["attention_weights"][0],
+    atol=1e-6,
+  )
+
+
+# ----------------------------------------------------------------------------- bigbird
+
+
+def _bigbird_mask(layer, params, t, bs, causal):
+  """The dense `[H, T, T]` pattern of bigbird's blocks (the layer's own random draw)."""
+  f = layer
+  nb = -(-t // bs)
+  seed = _blocks.layer_seed(layer.bind(params), f.seed)
+  idx, ok = bigbird.block_pattern(
+    nb, H, f.num_global_blocks, f.num_window_blocks, f.num_random_blocks, causal, seed
+  )
+  blocks = np.zeros((H, nb, nb), bool)
+  for h, n, s in zip(*np.nonzero(ok), strict=True):
+    blocks[h, n, idx[h, n, s]] = True
+  if not causal:
+    blocks[:, : f.num_global_blocks] = True  # global query blocks see every block
+  dense = np.repeat(np.repeat(blocks, bs, axis=1), bs, axis=2)[:, :t, :t]
+  return dense & np.tril(np.ones((t, t), bool)) if causal else dense
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+  "fields",
+  [
+    {"num_global_blocks": 6, "num_window_blocks": 1, "num_random_blocks": 0},  # all global
+    {"num_global_blocks": 0, "num_window_blocks": 13, "num_random_blocks": 1},  # window ⊇ all
+    {"num_global_blocks": 1, "num_window_blocks": 3, "num_random_blocks": 1},
+  ],
+)
+def test_bigbird_equals_masked_exact_attention(causal, fields):
+  """Blocks of 2 (T = 11: 6 blocks, the last half padding): scaled_dot masked with the same
+  block pattern; with every block global or in the window, plain exact attention."""
+  x = _x(20)
+  layer = _layer("bigbird", block_size=2, **fields).clone(causal=causal)
+  params = _init(layer, 21, x)
+  pattern = _bigbird_mask(layer, params, T, 2, causal)
+  _assert_like_masked_exact(layer, params, x, pattern, causal)
+  if fields["num_random_blocks"] == 1 and fields["num_global_blocks"] == 1:
+    assert not pattern.all() and (pattern[0] != pattern[1]).any()  # sparse, per-head random
+  else:
+    assert pattern.all() or causal
+    np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sparse_fixed
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("stride", "c"), [(3, 1), (T, 1), (4, 4)])
+def test_sparse_fixed_equals_masked_exact_attention(causal, stride, c):
+  """Own block of `stride` + the last c of every block; one block, or c = stride: exact."""
+  x = _x(22)
+  layer = _layer("sparse_fixed", stride=stride, num_summary=c).clone(causal=causal)
+  params = _init(layer, 23, x)
+  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  pattern = (i // stride == j // stride) | (j % stride >= stride - c)
+  pattern = (pattern & (j <= i) if causal else pattern)[None]
+  _assert_like_masked_exact(layer, params, x, pattern, causal)
+  if stride == T or c == stride:
+    np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sinkhorn
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sinkhorn_with_one_block_is_exact(causal):
+  """One block: P = [[1]], the sorted block is the own block (each key twice, same softmax);
+  causal: block 0 has nothing earlier to sort, so only its causal own block."""
+  x = _x(24)
+  layer = _layer("sinkhorn", block_size=T, max_length=16).clone(causal=causal)
+  params = _init(layer, 25, x)
+  np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sinkhorn_matches_its_equation(causal):
+  """Blocks of 3 (4 blocks, padded): the sort matrix is (causally) doubly stochastic and the
+  output is softmax over [own block ; P-sorted block] — and equals its sown dense weights."""
+  x, bs = _x(26), 3
+  layer = _layer("sinkhorn", block_size=bs, max_length=16).clone(causal=causal)
+  params = _init(layer, 27, x)
+  pad = _lengths_mask()
+  got, state = _run(layer, params, x, mask=pad, mutable=["intermediates", "diagnostics"])
+  perm = state["diagnostics"]["sort_matrix"][0]  # [B, H, N, N] source k -> target n
+  dense = state["intermediates"]["attention_weights"][0]  # [B, H, T, T]
+  n = perm.shape[-1]
+  np.testing.assert_allclose(perm.sum(-2)[..., int(causal) :], 1.0, atol=1e-5)  # columns
+  if causal:
+    assert np.all(np.asarray(perm)[..., np.tril(np.ones((n, n), bool))] == 0)  # k < n only
+  else:
+    np.testing.assert_allclose(perm.sum(-1), 1.0, atol=0.05)  # rows, after 7 iterations
+
+  p = nn.unbox(params)["params"]
+  valid = np.asarray(pad[:, 0, 0])
+  tp = n * bs
+  padded = lambda a: jnp.pad(a, [(0, 0), (0, tp - T), (0, 0), (0, 0)])  # noqa: E731
+  q = padded(_proj(p, "query", x)) / np.sqrt(E // H)
+  k, v = (padded(_proj(p, name, x) * valid[:, :, None, None]) for name in ("key", "value"))
+  blocks = lambda a: a.reshape(B, n, bs, H, E // H)  # noqa: E731
+  sk, sv = (jnp.einsum("bhkn,bkphd->bnphd", perm, blocks(a)) for a in (k, v))
+  keys = jnp.concatenate([blocks(k), sk], axis=2)  # [B, N, 2b, H, D]
+  vals = jnp.concatenate([blocks(v), sv], axis=2)
+  s = jnp.einsum("bnqhd,bnkhd->bnhqk", blocks(q), keys)
+  own_ok = np.pad(valid, [(0, 0), (0, tp - T)]).reshape(B, n, 1, 1, bs)
+  if causal:
+    own_ok = own_ok & np.tril(np.ones((bs, bs), bool))
+  sorted_ok = np.ones((B, n, 1, 1, bs), bool)
+  if causal:
+    sorted_ok[:, 0] = False
+  ok = np.concatenate(np.broadcast_arrays(own_ok, sorted_ok), axis=-1)
+  w = jax.nn.softmax(jnp.where(ok, s, -1e30), axis=-1)
+  ctx = jnp.einsum("bnhqk,bnkhd->bnqhd", w, vals).reshape(B, tp, H, E // H)[:, :T]
+  np.testing.assert_allclose(got, _out(p, ctx), atol=1e-5)
+  from_dense = jnp.einsum("bhqk,bkhd->bqhd", dense, _proj(p, "value", x))
+  np.testing.assert_allclose(got, _out(p, from_dense), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- lsh
+
+
+def _lsh_reference(p, x, allowed, causal):
+  """Softmax over `allowed` `[B, H, T, T]` of q_i·q_j/‖q_j‖, self only when nothing else."""
+  q = _proj(p, "query", x)
+  k = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k) - 1e5 * np.eye(T)
+  ok = allowed & np.asarray(_lengths_mask())
+  if causal:
+    ok = ok & np.tril(np.ones((T, T), bool))
+  w = jax.nn.softmax(jnp.where(ok, s, -1e30), axis=-1)
+  return _out(p, jnp.einsum("bhqk,bkhd->bqhd", w, _proj(p, "value", x))), w
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lsh_with_one_bucket_is_softmax_over_the_other_keys(causal):
+  """bucket_size >= T: one bucket, one chunk: exact shared-QK attention without self."""
+  x = _x(28)
+  layer = _layer("lsh", bucket_size=T, num_hashes=2).clone(causal=causal)
+  params = _init(layer, 29, x)
+  want, _ = _lsh_reference(nn.unbox(params)["params"], x, True, causal)
+  got = _run(layer, params, x, mask=_lengths_mask(), rngs={"attention": jax.random.key(1)})
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _lsh_union(buckets, c, causal):
+  """Which keys query i sees in some round `[B, H, T, T]`, rebuilt from the sown buckets."""
+  b, h, r, t = buckets.shape
+  nc = -(-t // c)
+  tp = nc * c
+  pad = np.full((b, h, r, tp - t), buckets.max() + 1)
+  full = np.concatenate([np.asarray(buckets), pad], axis=-1)
+  order = np.argsort(full * tp + np.arange(tp), axis=-1)
+  sidx = np.argsort(order, axis=-1)[..., :t]  # position -> sorted index
+  same = full[..., :t, None] == full[..., None, :t]
+  si, sj = sidx[..., :, None], sidx[..., None, :]
+  if causal:
+    near = (si - sj >= 0) & (si - sj <= c)
+  else:
+    near = (sj // c == si // c) | (sj // c == (si // c - 1) % nc)
+  return np.any(same & near, axis=2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lsh_rounds_combine_into_one_softmax_over_their_union(causal):
+  """3 rounds, buckets of ~2 (chunks of 4): the logsumexp-weighted rounds with duplicate
+  counts equal one softmax over the union of the keys each round lets a query see."""
+  x = _x(30)
+  layer = _layer("lsh", bucket_size=2, num_hashes=3).clone(causal=causal)
+  params = _init(layer, 31, x)
+  rngs = {"attention": jax.random.key(2)}
+  sown = ["intermediates", "diagnostics"]
+  got, state = _run(layer, params, x, mask=_lengths_mask(), rngs=rngs, mutable=sown)
+  buckets = state["diagnostics"]["lsh_buckets"][0]
+  assert buckets.shape == (B, H, 3, T) and len(np.unique(buckets)) > 1
+  union = _lsh_union(buckets, 4, causal)
+  assert not union.all()
+  want, want_w = _lsh_reference(nn.unbox(params)["params"], x, union, causal)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(state["intermediates"]["attention_weights"][0], want_w, atol=1e-6)
+  # Fresh rotations with another rng; a fixed draw without one.
+  other = _run(layer, params, x, rngs={"attention": jax.random.key(3)})
+  assert not np.allclose(other, _run(layer, params, x, rngs=rngs), atol=1e-4)
+  np.testing.assert_allclose(_run(layer, params, x), _run(layer, params, x), atol=0)
+
+
+# ----------------------------------------------------------------------------- synthesizer
+
+
+@pytest.mark.parametrize(
+  ("variant", "mix_dot", "trainable", "causal"),
+  [
+    ("dense", False, True, False),
+    ("dense", True, True, True),
+    ("random", False, False, True),
+    ("random", True, True, False),
+  ],
+)
+def test_synthesizer_matches_its_equation(variant, mix_dot, trainable, causal):
+  x = _x(32)
+  fields = {"variant": variant, "mix_dot": mix_dot, "trainable_random": trainable}
+  layer = _layer("synthesizer", max_length=16, **fields).clone(causal=causal)
+  variables = _init(layer, 33, x)
+  p = nn.unbox(variables)["params"]
+  if variant == "dense":
+    hidden = jax.nn.relu(_proj(p, "synth_hidden", x))
+    logits = jnp.einsum("bthd,dl->bhtl", hidden, p["synth_out"]["kernel"]) + p["synth_out"]["bias"]
+  else:
+    r = p["random"] if trainable else variables["constants"]["random"]
+    assert ("random" in p) == trainable
+    logits = jnp.broadcast_to(r, (B, H, 16, 16))
+  logits = logits[..., :T, :T]
+  if mix_dot:
+    dot = jnp.einsum("bqhd,bkhd->bhqk", _proj(p, "query", x), _proj(p, "key", x))
+    logits = p["mix"][0] * logits + p["mix"][1] * dot / np.sqrt(E // H)
+  ok = np.asarray(_lengths_mask())
+  if causal:
+    ok = ok & np.tril(np.ones((T, T), bool))
+  w = jax.nn.softmax(jnp.where(ok, logits, -1e30), axis=-1)
+  want = _out(p, jnp.einsum("bhqk,bkhd->bqhd", w, _proj(p, "value", x)))
+  np.testing.assert_allclose(_run(layer, variables, x, mask=_lengths_mask()), want, atol=1e-5)
+  if not trainable:  # the fixed matrix is redrawn identically without the constants collection
+    got = _run(layer, {"params": variables["params"]}, x, mask=_lengths_mask())
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- linformer
+
+
+def test_linformer_with_identity_projections_is_exact():
+  """k = n = T and E = F = I: the projected keys are the keys, so exact attention."""
+  x = _x(34)
+  layer = _layer("linformer", k=T, max_length=T)
+  params = nn.unbox(_init(layer, 35, x))
+  params["params"]["e"] = params["params"]["f"] = jnp.eye(T)
+  np.testing.assert_allclose(_run(layer, params, x), _exact(params, x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  ("sharing", "shapes"),
+  [
+    ("none", {"e": (H, 4, 16), "f": (H, 4, 16)}),
+    ("headwise", {"e": (4, 16), "f": (4, 16)}),
+    ("key_value", {"e": (4, 16)}),
+    ("layerwise", {"e": (4, 16)}),
+  ],
+)
+def test_linformer_sharing(sharing, shapes):
+  x = _x(36)
+  layer = _layer("linformer", k=4, max_length=16, sharing=sharing)
+  params = nn.unbox(_init(layer, 37, x))["params"]
+  got = {name: params[name].shape for name in ("e", "f") if name in params}
+  assert got == shapes

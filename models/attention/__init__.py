@@ -72,3 +72,9 @@ from models.attention import linear  # noqa: E402,F401
 from models.attention import linformer  # noqa: E402,F401
 from models.attention import performer  # noqa: E402,F401
 from models.attention import sliding_window  # noqa: E402,F401
+from models.attention import longformer  # noqa: E402,F401
+from models.attention import bigbird  # noqa: E402,F401
+from models.attention import sparse_fixed  # noqa: E402,F401
+from models.attention import sinkhorn  # noqa: E402,F401
+from models.attention import lsh  # noqa: E402,F401
+from models.attention import synthesizer  # noqa: E402,F401

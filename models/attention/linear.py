@@ -24,22 +24,27 @@ def _pad_time(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
   return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
 
 
+def _ratio(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
+  """num `[..., D]` / den `[...]`, 0 where den = 0 (no key, or a padded query), with finite
+  gradients there. No ε is added, so a common scale of the key features cancels exactly."""
+  ok = den > 0
+  return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None], 0.0)
+
+
 def kernel_attention(
   phi_q: jnp.ndarray,
   phi_k: jnp.ndarray,
   v: jnp.ndarray,
   causal: bool,
   chunk_size: int = 64,
-  eps: float = 1e-30,
 ) -> jnp.ndarray:
   """`φ(q)` `[B, Tq, H, M]`, `φ(k)` `[B, Tk, H, M]` (0 at padded keys), v `[B, Tk, H, D]` ->
-  `[B, Tq, H, D]`. Causal needs Tq == Tk. `eps` only guards 0/0 (the features are positive), so
-  a common scale of the key features cancels exactly."""
+  `[B, Tq, H, D]`. Causal needs Tq == Tk."""
   if not causal:
     kv = jnp.einsum("bkhm,bkhd->bhmd", phi_k, v)
     num = jnp.einsum("bqhm,bhmd->bqhd", phi_q, kv)
     den = jnp.einsum("bqhm,bhm->bqh", phi_q, phi_k.sum(axis=1))
-    return num / (den[..., None] + eps)
+    return _ratio(num, den)
   t = phi_q.shape[1]
   c = min(chunk_size, t)
   qs, ks, vs = (_pad_time(x, c) for x in (phi_q, phi_k, v))
@@ -55,7 +60,7 @@ def kernel_attention(
     den = local.sum(-1).transpose(0, 2, 1) + jnp.einsum("bqhm,bhm->bqh", q, norm)
     state = state + jnp.einsum("bkhm,bkhd->bhmd", k, vv)
     norm = norm + k.sum(axis=1)
-    return (state, norm), num / (den[..., None] + eps)
+    return (state, norm), _ratio(num, den)
 
   b, _, h, m = phi_q.shape
   init = (jnp.zeros((b, h, m, v.shape[-1]), v.dtype), jnp.zeros((b, h, m), v.dtype))

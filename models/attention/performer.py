@@ -6,19 +6,18 @@
 Choromanski et al. 2021, "Rethinking Attention with Performers". The output is then that of
 linear attention with this φ (`linear.kernel_attention`), bidirectional or causal (prefix sums).
 A per-query (and per-batch-head for keys) maximum is subtracted inside the exponential for
-stability; it cancels between numerator and denominator. `redraw`: `fixed` (Ω drawn from `seed`
-and the layer's name) or `every_call` (a fresh Ω from the `attention` rng when the call has one —
-training — and the fixed Ω otherwise). The error against exact softmax attention
-falls as `num_features` M grows (tests/test_attention_efficient.py).
+stability; it cancels between numerator and denominator. `redraw`: `fixed` (Ω drawn at init
+from `seed` and the layer's path, kept in the non-trainable `constants` collection) or
+`every_call` (a fresh Ω from the `attention` rng when the call has one — training — and the
+fixed Ω otherwise). The error against exact softmax attention falls as `num_features` M grows
+(tests/test_attention_efficient.py).
 Cost: O(T M d) time, O(T (M + d) + M d) memory.
 """
-
-import zlib
 
 import jax
 import jax.numpy as jnp
 
-from models.attention import register
+from models.attention import _blocks, register
 from models.attention.linear import KernelAttention
 
 REDRAW = ("fixed", "every_call")
@@ -26,10 +25,12 @@ REDRAW = ("fixed", "every_call")
 
 def orthogonal_features(key: jax.Array, m: int, d: int) -> jnp.ndarray:
   """`[M, d]` Gaussian rows made orthogonal in blocks of d, rescaled to Gaussian row norms."""
-  keys = jax.random.split(key, m // d + 2)
-  blocks = [jnp.linalg.qr(jax.random.normal(keys[i], (d, d)))[0].T for i in range(-(-m // d))]
-  norms = jnp.linalg.norm(jax.random.normal(keys[-1], (m, d)), axis=1)
-  return jnp.concatenate(blocks)[:m] * norms[:, None]
+  gauss_key, norm_key = jax.random.split(key)
+  n = -(-m // d)
+  q, _ = jnp.linalg.qr(jax.random.normal(gauss_key, (n, d, d)))  # n orthogonal blocks at once
+  blocks = jnp.swapaxes(q, -1, -2).reshape(n * d, d)[:m]  # rows of each block orthonormal
+  norms = jnp.linalg.norm(jax.random.normal(norm_key, (m, d)), axis=1)
+  return blocks * norms[:, None]
 
 
 @register("performer")
@@ -42,12 +43,17 @@ class PerformerAttention(KernelAttention):
     if self.redraw not in REDRAW:
       raise ValueError(f"redraw={self.redraw!r}; valid: {REDRAW}")
     d = q.shape[-1]
-    # Fixed features: a function of `seed` and the layer's path, so every layer has its own and
-    # nothing needs storing (XLA folds them into constants).
-    layer = zlib.crc32("/".join(self.scope.path).encode())
-    with jax.ensure_compile_time_eval():  # a constant of the compiled program, not recomputed
-      key = jax.random.fold_in(jax.random.key(self.seed), layer)
-      omega = orthogonal_features(key, self.num_features, d)
+
+    # Fixed features: drawn at init from `seed` and the layer's path (every layer has its own)
+    # and stored in the non-trainable `constants` collection. Applied without that collection
+    # (e.g. with `{"params": ...}` only), the same draw is recomputed as a compile-time constant.
+    def draw() -> jnp.ndarray:
+      with jax.ensure_compile_time_eval():  # a constant of the compiled program
+        return orthogonal_features(_blocks.layer_key(self, self.seed), self.num_features, d)
+
+    omega = _blocks.constant(self, "omega", draw)
+    if omega.shape != (self.num_features, d):
+      raise ValueError(f"stored omega {omega.shape} != (num_features, head_dim)")
     if self.redraw == "every_call" and self.has_rng("attention") and not self.is_initializing():
       omega = orthogonal_features(self.make_rng("attention"), self.num_features, d)
     scale = d**-0.25
