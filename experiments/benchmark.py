@@ -3,24 +3,46 @@
     python -m experiments.benchmark --attention=scaled_dot,memory_efficient,linear \
         --lengths=512,1024,2048 --batch=8 --heads=8 --head_dim=64 --mode=fwd_bwd --json=out.json
     python -m experiments.benchmark --attention=all --lengths=256 --mode=fwd
+    python -m experiments.benchmark --attention=scaled_dot --lengths=1024 --profile  # op times
     python -m experiments.benchmark --train            # Transformer LM train step, MFU
-    python -m experiments.benchmark --all_cpu_tables   # the measurements in docs/benchmarks.md
+    python -m experiments.benchmark --all_cpu_tables   # rewrites docs/benchmarks.md (make bench)
 
-Every row times a jitted function of fresh random inputs (generated before timing): warm-up, then
-the median and minimum of `--repeats` calls, each ended by `block_until_ready`; compile time is
-measured apart. `temp_bytes` is the compiled executable's temporary memory (XLA's memory
-analysis), so a shape too large to run can still be compared (`--max_temp_gib`: above it a row
-is compiled but not run). References in the same run: `flax_mha`
-(`flax.linen.MultiHeadDotProductAttention`, with projections, like every registered type) and
-`jax_dpa` (`jax.nn.dot_product_attention` on already-projected q, k, v; on a GPU also its cuDNN
-implementation, `jax_dpa_cudnn`). `vs_reference` = time / `flax_mha`'s time at the same shape.
+Method. At each length every requested type is built (type fields that depend on the length come
+from `type_fields`), jitted and compiled ahead of time (`compile_ms`, not part of the timings),
+and its compiled temporary memory read from XLA's memory analysis (`temp_bytes`). Fresh random
+inputs for every call are generated before any timing. The types are then timed interleaved
+(round r calls every type once, in an order rotated each round), so load from other processes
+on the machine falls on all of them alike: `--warmup` untimed rounds, then `--repeats` timed
+rounds, each call ended by `block_until_ready`; rows report the median and minimum.
+
+Rows whose compiled temporary memory exceeds `--max_temp_gib`, or whose analytic FLOPs exceed
+`--max_gflop`, are compiled but not run (`skipped` says why), so e.g. `scaled_dot` at T=16384 can
+be compared with `memory_efficient` by memory analysis alone; `--memory_lengths` adds lengths
+that are only compiled. A type that cannot be built at a shape gets a row with `error`.
+
+References in the same run: `flax_mha` (`flax.linen.MultiHeadDotProductAttention`, with the
+q/k/v/out projections like every registered type) and `jax_dpa` (`jax.nn.dot_product_attention`
+on already-projected q, k, v); on a GPU with 16-bit inputs also `jax_dpa_cudnn` (its cuDNN
+kernel). `vs_reference` = median time / `flax_mha`'s median at the same shape.
+
+FLOPs are analytic (`FORWARD_FLOPS`, one formula per type, projections included; forward +
+backward = 3x forward), so `gflops_per_s` compares types by useful work, and `util` divides it
+by the device's measured matmul rate (`device_info.matmul_rate`).
 """
 
+import collections
 import dataclasses
+import glob
+import gzip
 import json
+import math
+import os
+import re
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,34 +52,18 @@ from absl import app, flags
 from experiments.device_info import machine, matmul_rate
 from models import attention
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("attention", ["scaled_dot", "memory_efficient"], "Types, or 'all'.")
-flags.DEFINE_list("lengths", ["512", "1024"], "Sequence lengths.")
-flags.DEFINE_integer("batch", 8, "Batch size.")
-flags.DEFINE_integer("heads", 8, "Heads.")
-flags.DEFINE_integer("head_dim", 64, "Width per head.")
-flags.DEFINE_enum("mode", "fwd_bwd", ["fwd", "fwd_bwd"], "Forward only, or forward + backward.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_bool("causal", False, "Causal self-attention.")
-flags.DEFINE_integer("repeats", 10, "Timed calls per row (median reported).")
-flags.DEFINE_float(
-  "max_temp_gib", 16.0, "Rows whose compiled temp memory exceeds this are not run."
-)
-flags.DEFINE_string("json", None, "Write the rows here.")
-flags.DEFINE_string("plot_prefix", None, "Write <prefix>_time.png and <prefix>_memory.png.")
-flags.DEFINE_bool("train", False, "Benchmark a Transformer LM train step instead.")
-flags.DEFINE_bool("all_cpu_tables", False, "Run the measurements of docs/benchmarks.md.")
-
-REFERENCES = ("flax_mha", "jax_dpa", "jax_dpa_cudnn")  # the last only on a GPU
+REFERENCES = ("flax_mha", "jax_dpa", "jax_dpa_cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
+  """One benchmark shape: inputs `[batch, length, heads * head_dim]`."""
+
   batch: int
   length: int
   heads: int
   head_dim: int
-  mode: str = "fwd_bwd"
+  mode: str = "fwd_bwd"  # fwd | fwd_bwd
   dtype: str = "float32"
   causal: bool = False
 
@@ -66,58 +72,224 @@ class Shape:
     return self.heads * self.head_dim
 
 
-# ------------------------------------------------------------------------------ FLOP counts
+# ------------------------------------------------------------------------------ type fields
 
 
-def type_fields(name: str, length: int) -> dict:
-  """Type fields needed at a given length (the rest are the type's defaults)."""
-  return {
+def type_fields(name: str, length: int) -> dict[str, Any]:
+  """Type fields a type needs at a given length (the others keep the type's defaults)."""
+  fields = {
     "linformer": {"max_length": length},
     "synthesizer": {"max_length": length},
     "location": {"max_length": length},
+    "sinkhorn": {"max_length": length},
   }.get(name, {})
+  if name in attention.REGISTRY:  # only fields the type has (the registry rejects others)
+    fields = {k: v for k, v in fields.items() if k in attention.own_fields(name)}
+  return fields
 
 
-def attention_core_flops(name: str, s: Shape) -> float:
-  """Analytic forward FLOPs of the attention itself (2 per multiply-add), per type."""
-  b, t, h, d = s.batch, s.length, s.heads, s.head_dim
-  exact = 4.0 * b * h * t * t * d * (0.5 if s.causal else 1.0)  # q kᵀ and w v
-  fields = {**_defaults(name), **type_fields(name, t)}
-  window = fields.get("window", 0)
-  table = {
-    "linear": 4.0 * b * h * t * d * d,
-    "performer": 4.0 * b * h * t * d * fields.get("num_features", 0)  # feature maps
-    + 4.0 * b * h * t * fields.get("num_features", 0) * d,
-    "linformer": 4.0 * b * h * fields.get("k", 0) * t * d  # E K, F V
-    + 4.0 * b * h * t * fields.get("k", 0) * d,
-    "sliding_window": 4.0 * b * h * t * min(t, 3 * max(window, 1)) * d,
-    "general": exact + 2.0 * b * t * s.width * s.width,
-    "additive": exact + 2.0 * b * h * t * t * d,  # tanh(W_q q + W_k k) and vᵀ
-  }
-  return table.get(name, exact)
-
-
-def _defaults(name: str) -> dict:
-  if name in REFERENCES:
+def fields_of(name: str, length: int) -> dict[str, Any]:
+  """The type's defaults updated by `type_fields`: what a FLOP formula reads."""
+  if name not in attention.REGISTRY:
     return {}
-  cls = attention.get(name)
-  return {
+  defaults = {
     f.name: f.default
-    for f in dataclasses.fields(cls)
+    for f in dataclasses.fields(attention.get(name))
     if f.name in attention.own_fields(name) and f.default is not dataclasses.MISSING
   }
+  return defaults | type_fields(name, length)
+
+
+# ------------------------------------------------------------------------------ FLOP counts
+# Forward FLOPs per type, projections included: 2 per multiply-add; element-wise work is not
+# counted except additions at the O(T² d) scale (additive-style scores). b, t, h, d = batch,
+# length, heads, head width; e = h d. Dense types count all T² query-key pairs (what they
+# compute, also when causal); `memory_efficient` skips key chunks wholly in the future.
+
+
+def _proj(s: Shape, n: int) -> float:
+  """n projections `[B, T, E] x [E, E]` (query, key, value, out)."""
+  return n * 2.0 * s.batch * s.length * s.width * s.width
+
+
+def _dense(s: Shape, pairs: float | None = None) -> float:
+  """q kᵀ and w v over `pairs` query-key pairs per head (default T²)."""
+  pairs = s.length * s.length if pairs is None else pairs
+  return 4.0 * s.batch * s.heads * pairs * s.head_dim
+
+
+def _bthd(s: Shape) -> float:
+  return float(s.batch * s.length * s.heads * s.head_dim)
+
+
+def _score_extra(s: Shape, score: str) -> float:
+  """What a Luong score adds to the plain q kᵀ (see `_scores.py`)."""
+  if score == "general":  # q W per head
+    return 2.0 * _bthd(s) * s.head_dim
+  if score == "additive":  # q_i + k_j for every pair
+    return _bthd(s) * s.length
+  return 0.0
+
+
+def _kernel(s: Shape, features: int, f: dict) -> float:
+  """Linear attention with `features` per head (`linear.kernel_attention`)."""
+  t, m, d = s.length, features, s.head_dim
+  body = 2 * 2.0 * s.batch * s.heads * t * m * d  # Σ φ(k) vᵀ, φ(q)ᵀ S
+  if s.causal:  # exact within chunks of C: φ(q) φ(k)ᵀ and its product with v
+    c = min(f.get("chunk_size", 64), t)
+    body += 2.0 * s.batch * s.heads * t * c * (m + d)
+  return body
+
+
+def _banded(s: Shape, window: int, extra_keys: int = 0) -> float:
+  """Blocks of `window` queries against 3 (causal 2) blocks of keys, plus `extra_keys`."""
+  padded = -(-s.length // window) * window
+  return _dense(s, padded * ((2 if s.causal else 3) * window + extra_keys))
+
+
+def _memory_efficient(s: Shape, f: dict) -> float:
+  if not s.causal:
+    return _proj(s, 4) + _dense(s)
+  c = f.get("key_chunk_size", 128)
+  return _proj(s, 4) + _dense(s, s.length * (s.length + c) / 2)
+
+
+def _recurrent(s: Shape, f: dict) -> float:
+  e, hid = s.width, f.get("hidden_size") or s.width
+  pairs = s.batch * s.length * s.length
+  lstm = pairs * 2.0 * (2 * e + hid) * 4 * hid  # an LSTM step on [x_q; x_kv] per pair
+  return _proj(s, 2) + lstm + pairs * 2.0 * hid * e + _dense(s)  # + W_r h, vᵀ tanh, w v
+
+
+def _convolutional(s: Shape, f: dict) -> float:
+  k, e = f.get("kernel_size", 3), s.width
+  convs = 2 * 2.0 * s.batch * s.length * e * k * e  # query and key parts of W_c
+  taps = 2 * 2.0 * _bthd(s) * s.length * k  # summing the K taps for every pair
+  return _proj(s, 2) + convs + taps + _dense(s)  # + vᵀ tanh, w v
+
+
+def _location_sensitive(s: Shape, f: dict) -> float:
+  k, nf, d = f.get("kernel_size", 5), f.get("num_filters", 8), s.head_dim
+  per_pair = 2.0 * k * nf + 2.0 * nf * d + 2.0 * d + 2.0 * d  # F * α, U f, two additions
+  pairs = s.batch * s.heads * s.length * s.length
+  return _proj(s, 4) + pairs * per_pair + _dense(s)  # + vᵀ tanh, w v (in _dense)
+
+
+def _local(s: Shape, f: dict) -> float:
+  predictor = 2.0 * _bthd(s) * s.head_dim if f.get("mode") == "predictive" else 0.0
+  return _proj(s, 4) + _dense(s) + _score_extra(s, f.get("score", "general")) + predictor
+
+
+def _linformer(s: Shape, f: dict) -> float:
+  k = f.get("k", 64)
+  along_length = 2 * 2.0 * s.batch * k * s.length * s.width  # E K and F V
+  return _proj(s, 4) + along_length + _dense(s, s.length * k)
+
+
+def _performer(s: Shape, f: dict) -> float:
+  m = f.get("num_features", 128)
+  features = 2 * 2.0 * _bthd(s) * m  # Ω q and Ω k
+  return _proj(s, 4) + features + _kernel(s, m, f)
+
+
+def _longformer(s: Shape, f: dict) -> float:
+  w, g = f.get("window", 128), f.get("global_tokens", 1)
+  return _proj(s, 4) + _banded(s, w, g) + _dense(s, g * s.length)
+
+
+def _bigbird(s: Shape, f: dict) -> float:
+  """Each query block: K = global + window + random key blocks; the global queries: all keys."""
+  blk, g = f.get("block_size", 64), f.get("num_global_blocks", 1)
+  k = g + f.get("num_window_blocks", 3) + f.get("num_random_blocks", 3)
+  padded = -(-s.length // blk) * blk
+  return _proj(s, 4) + _dense(s, padded * min(k * blk, s.length)) + _dense(s, g * blk * s.length)
+
+
+def _lsh(s: Shape, f: dict) -> float:
+  """Shared QK (3 projections); per hash round: chunks of m = 2·bucket_size queries see their
+  chunk and the previous one (2m keys), plus the random rotations for hashing."""
+  r, m = f.get("num_hashes", 4), min(2 * f.get("bucket_size", 32), s.length)
+  buckets = 2 * -(-s.length // (2 * f.get("bucket_size", 32)))
+  padded = -(-s.length // m) * m
+  hashing = 2.0 * _bthd(s) * buckets / 2
+  return _proj(s, 3) + r * (_dense(s, padded * min(2 * m, padded)) + hashing)
+
+
+def _sinkhorn(s: Shape, f: dict) -> float:
+  """Own block and one softly sorted block per query block; P (N x N) mixes key/value blocks."""
+  blk = min(f.get("block_size", 64), s.length)
+  n = -(-s.length // blk)
+  sort = 2 * 2.0 * s.batch * s.heads * n * n * blk * s.head_dim  # sorted keys and values
+  return _proj(s, 4) + _dense(s, n * blk * 2 * blk) + sort
+
+
+def _sparse_fixed(s: Shape, f: dict) -> float:
+  """Own block of l keys plus c summary keys of every block."""
+  stride, c = min(f.get("stride", 128), s.length), f.get("num_summary", 8)
+  n = -(-s.length // stride)
+  return _proj(s, 4) + _dense(s, n * stride * (stride + n * min(c, stride)))
+
+
+def _synthesizer(s: Shape, f: dict) -> float:
+  """Dense: W₁ (E -> E) and W₂ (d -> ℓ per head) per token; random: none; then w v."""
+  ell = f.get("max_length", s.length)
+  synth = 0.0
+  if f.get("variant", "dense") == "dense":
+    synth = _proj(s, 1) + 2.0 * s.batch * s.length * s.width * ell
+  if f.get("mix_dot"):  # + q, k projections and q kᵀ
+    synth += _proj(s, 2) + _dense(s) / 2
+  return _proj(s, 2) + synth + _dense(s) / 2
+
+
+FORWARD_FLOPS: dict[str, Callable[[Shape, dict], float]] = {
+  "flax_mha": lambda s, f: _proj(s, 4) + _dense(s),
+  "jax_dpa": lambda s, f: _dense(s),  # q, k, v come projected
+  "jax_dpa_cudnn": lambda s, f: _dense(s),
+  "scaled_dot": lambda s, f: _proj(s, 4) + _dense(s),
+  "dot": lambda s, f: _proj(s, 4) + _dense(s),
+  "general": lambda s, f: _proj(s, 4) + _dense(s) + _score_extra(s, "general"),
+  "additive": lambda s, f: _proj(s, 4) + _dense(s) + _score_extra(s, "additive"),
+  "local": _local,
+  # W_a x_q -> max_length scores per head; no key projection.
+  "location": lambda s, f: (
+    _proj(s, 2)
+    + 2.0 * s.batch * s.length * s.width * s.heads * f.get("max_length", s.length)
+    + _dense(s) / 2
+  ),  # w v only
+  "location_sensitive": _location_sensitive,
+  "convolutional": _convolutional,
+  "recurrent": _recurrent,
+  "memory_efficient": _memory_efficient,
+  "linear": lambda s, f: _proj(s, 4) + _kernel(s, s.head_dim, f),
+  "performer": _performer,
+  "linformer": _linformer,
+  "sliding_window": lambda s, f: _proj(s, 4) + _banded(s, f.get("window", 128)),
+  "longformer": _longformer,
+  "bigbird": _bigbird,
+  "lsh": _lsh,
+  "sinkhorn": _sinkhorn,
+  "sparse_fixed": _sparse_fixed,
+  "synthesizer": _synthesizer,
+}
 
 
 def flops(name: str, s: Shape) -> float:
-  """Forward (+ backward = 2x forward) FLOPs, with the q/k/v/out projections except for jax_dpa."""
-  projections = (
-    0.0 if name.startswith("jax_dpa") else 4 * 2.0 * s.batch * s.length * s.width * s.width
-  )
-  forward = projections + attention_core_flops(name, s)
+  """Analytic FLOPs of one call: forward, or forward + backward (3x forward)."""
+  formula = FORWARD_FLOPS.get(name, FORWARD_FLOPS["scaled_dot"])
+  forward = formula(s, fields_of(name, s.length))
   return forward * (3.0 if s.mode == "fwd_bwd" else 1.0)
 
 
 # ---------------------------------------------------------------------------- the functions
+
+
+@dataclasses.dataclass
+class Case:
+  """A function to time: `fn(*fixed, *fresh(key))`; `fixed` made by `init()`."""
+
+  fn: Callable
+  init: Callable[[], tuple]
+  fresh: Callable[[jax.Array], tuple]
 
 
 def _module(name: str, s: Shape) -> nn.Module:
@@ -128,14 +300,15 @@ def _module(name: str, s: Shape) -> nn.Module:
   return make(num_heads=s.heads, qkv_features=s.width, causal=s.causal, dtype=dtype)
 
 
-def make_case(name: str, s: Shape, rng: jax.Array) -> tuple[Callable, tuple, Callable]:
-  """-> (function, its fixed arguments, a maker of fresh inputs for each call)."""
+def make_case(name: str, s: Shape, rng: jax.Array) -> Case:
+  """The function of a type at a shape: forward, or the gradient of sum(output) with respect to
+  the parameters and the inputs (fwd_bwd)."""
   dtype = jnp.dtype(s.dtype)
   if name.startswith("jax_dpa"):
     implementation = "cudnn" if name == "jax_dpa_cudnn" else None
     shape = (s.batch, s.length, s.heads, s.head_dim)
 
-    def fresh(key):
+    def fresh_qkv(key):
       return tuple(jax.random.normal(k, shape, dtype) for k in jax.random.split(key, 3))
 
     def dpa(q, k, v):
@@ -144,173 +317,469 @@ def make_case(name: str, s: Shape, rng: jax.Array) -> tuple[Callable, tuple, Cal
       )
 
     if s.mode == "fwd":
-      return dpa, (), fresh
-    return jax.grad(lambda q, k, v: dpa(q, k, v).astype(jnp.float32).sum(), (0, 1, 2)), (), fresh
+      return Case(dpa, tuple, fresh_qkv)
+    grad = jax.grad(lambda q, k, v: dpa(q, k, v).astype(jnp.float32).sum(), (0, 1, 2))
+    return Case(grad, tuple, fresh_qkv)
+
   module = _module(name, s)
-  x0 = jnp.zeros((s.batch, s.length, s.width), dtype)
-  params = module.init({"params": rng, "attention": rng}, x0)
+  x_shape = (s.batch, s.length, s.width)
+  mask = None
+  if s.causal and name == "flax_mha":
+    mask = nn.make_causal_mask(jnp.ones((s.batch, s.length)))
+
+  def init():
+    x0 = jnp.zeros(x_shape, dtype)
+    variables = jax.jit(module.init)({"params": rng, "attention": rng}, x0)
+    params = variables.pop("params")
+    return params, variables  # parameters, other collections (e.g. fixed features)
 
   def fresh(key):
-    return (jax.random.normal(key, x0.shape, dtype),)
+    return (jax.random.normal(key, x_shape, dtype),)
 
-  mask = (
-    nn.make_causal_mask(jnp.ones((s.batch, s.length))) if s.causal and name == "flax_mha" else None
-  )
-
-  def forward(params, x):
-    return module.apply(params, x, mask=mask) if name == "flax_mha" else module.apply(params, x)
+  def forward(params, others, x):
+    return module.apply({"params": params, **others}, x, mask=mask)
 
   if s.mode == "fwd":
-    return forward, (params,), fresh
-  loss = lambda p, x: forward(p, x).astype(jnp.float32).sum()  # noqa: E731
-  return jax.grad(loss, (0, 1)), (params,), fresh
+    return Case(forward, init, fresh)
+
+  def loss(params, others, x):
+    return forward(params, others, x).astype(jnp.float32).sum()
+
+  return Case(jax.grad(loss, (0, 2)), init, fresh)
 
 
 # -------------------------------------------------------------------------------- measuring
 
 
-def measure(name: str, s: Shape, repeats: int, max_temp_bytes: float) -> dict:
-  """One row: compile, memory analysis, then timed calls on fresh inputs."""
-  rng = jax.random.key(0)
-  fn, fixed, fresh = make_case(name, s, rng)
-  inputs = [fresh(k) for k in jax.random.split(jax.random.key(1), repeats + 2)]
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*fixed, *inputs[0]).compile()
-  compile_ms = 1e3 * (time.perf_counter() - start)
-  temp = int(compiled.memory_analysis().temp_size_in_bytes)
-  row = {
+@dataclasses.dataclass
+class Prepared:
+  """A compiled case with its inputs, ready to be timed (`inputs` is None if not to be run)."""
+
+  row: dict[str, Any]
+  compiled: Any = None
+  fixed: tuple = ()
+  inputs: list[tuple] | None = None
+  times: list[float] = dataclasses.field(default_factory=list)
+
+
+def _base_row(name: str, s: Shape) -> dict[str, Any]:
+  return {
     "attention": name, "length": s.length, "batch": s.batch, "heads": s.heads,
     "head_dim": s.head_dim, "mode": s.mode, "dtype": s.dtype, "causal": s.causal,
-    "compile_ms": round(compile_ms, 1), "temp_bytes": temp, "flops": flops(name, s),
+    "flops": flops(name, s), "flops_formula": name if name in FORWARD_FLOPS else "dense default",
   }  # fmt: skip
-  if temp > max_temp_bytes:
-    return row | {"skipped": f"temp memory {temp / 2**30:.1f} GiB > budget"}
-  for args in inputs[:2]:  # warm-up
-    jax.block_until_ready(compiled(*fixed, *args))
-  times = []
-  for args in inputs[2:]:
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*fixed, *args))
-    times.append(1e3 * (time.perf_counter() - t0))
-  median = statistics.median(times)
-  return row | {
-    "median_ms": round(median, 3),
-    "min_ms": round(min(times), 3),
-    "gflops_per_s": round(row["flops"] / median / 1e6, 2),
-  }
 
 
-def run(names, lengths, shape: Shape, repeats: int, max_temp_gib: float) -> list[dict]:
-  """Rows for every type x length, references first; `vs_reference` filled from flax_mha."""
+def prepare(
+  name: str,
+  s: Shape,
+  calls: int,
+  max_temp_bytes: float = math.inf,
+  max_gflop: float = math.inf,
+  run: bool = True,
+) -> Prepared:
+  """Compiles one type at one shape (timing the compilation), reads its memory analysis, and
+  generates `calls` fresh inputs when it is to be run within the budgets."""
+  row = _base_row(name, s)
+  try:
+    case = make_case(name, s, jax.random.key(0))
+    fixed_shapes = jax.eval_shape(case.init)
+    example = jax.eval_shape(case.fresh, jax.random.key(1))
+    start = time.perf_counter()
+    compiled = jax.jit(case.fn).lower(*fixed_shapes, *example).compile()
+    row["compile_ms"] = round(1e3 * (time.perf_counter() - start), 1)
+  except Exception as e:  # noqa: BLE001 - a type that cannot run at this shape is reported
+    return Prepared(row | {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+  analysis = compiled.memory_analysis()
+  row["temp_bytes"] = int(analysis.temp_size_in_bytes) if analysis is not None else -1
+  if not run:
+    return Prepared(row | {"skipped": "memory analysis only"})
+  if row["temp_bytes"] > max_temp_bytes:
+    return Prepared(row | {"skipped": f"temp {row['temp_bytes'] / 2**30:.1f} GiB > budget"})
+  if row["flops"] > max_gflop * 1e9:
+    return Prepared(row | {"skipped": f"{row['flops'] / 1e9:,.0f} GFLOP > budget"})
+  keys = jax.random.split(jax.random.key(1), calls)
+  inputs = [jax.block_until_ready(case.fresh(k)) for k in keys]
+  return Prepared(row, compiled, jax.block_until_ready(case.init()), inputs)
+
+
+def time_interleaved(
+  cases: Sequence[Prepared],
+  warmup: int,
+  repeats: int,
+  max_call_s: float = math.inf,
+  exempt: Sequence[str] = (),
+) -> None:
+  """Rounds of one call per case (order rotated each round); fills `times` (ms) after warm-up.
+
+  A case (not in `exempt`) whose first warm-up call took over `max_call_s` is not timed
+  further: its row says so (`skipped`, `warmup_ms`), keeping a run's duration bounded.
+  """
+  live = [c for c in cases if c.inputs is not None]
+  for r in range(warmup + repeats):
+    shift = r % max(len(live), 1)
+    for c in live[shift:] + live[:shift]:
+      args = (*c.fixed, *c.inputs[r])
+      start = time.perf_counter()
+      jax.block_until_ready(c.compiled(*args))
+      elapsed = time.perf_counter() - start
+      if r >= warmup:
+        c.times.append(1e3 * elapsed)
+      elif r == 0 and elapsed > max_call_s and c.row["attention"] not in exempt:
+        c.row |= {"warmup_ms": round(1e3 * elapsed, 1), "skipped": "slow: first call > budget"}
+        c.inputs = None
+    live = [c for c in live if c.inputs is not None]
+  for c in live:
+    median = statistics.median(c.times)
+    c.row |= {
+      "median_ms": round(median, 3),
+      "min_ms": round(min(c.times), 3),
+      "gflops_per_s": round(c.row["flops"] / median / 1e6, 2),
+    }
+    c.inputs = None  # free them
+
+
+def measure(
+  name: str,
+  s: Shape,
+  repeats: int = 10,
+  max_temp_bytes: float = math.inf,
+  warmup: int = 1,
+  max_gflop: float = math.inf,
+) -> dict[str, Any]:
+  """One row on its own (not interleaved with others)."""
+  p = prepare(name, s, warmup + repeats, max_temp_bytes, max_gflop)
+  time_interleaved([p], warmup, repeats)
+  return p.row
+
+
+def run(
+  names: Sequence[str],
+  lengths: Sequence[int],
+  shape: Shape,
+  repeats: int = 10,
+  max_temp_gib: float = 16.0,
+  *,
+  warmup: int = 1,
+  max_gflop: float = math.inf,
+  max_call_s: float = math.inf,
+  exempt: Sequence[str] = (),
+  memory_lengths: Sequence[int] = (),
+  peak_gflops: float | None = None,
+  log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+  """Rows for every name x length (timed interleaved per length), then compile-only rows at
+  `memory_lengths`; fills `vs_reference` (from flax_mha) and `util` (over `peak_gflops`).
+  Budgets: `max_temp_gib`, `max_gflop` (compiled, not run) and `max_call_s` (see
+  `time_interleaved`; `exempt` names are always timed)."""
   rows = []
   for length in lengths:
     s = dataclasses.replace(shape, length=length)
+    cases = []
     for name in names:
-      rows.append(measure(name, s, repeats, max_temp_gib * 2**30))
-      print(_row_line(rows[-1]), flush=True)
-  add_ratios(rows)
+      cases.append(prepare(name, s, warmup + repeats, max_temp_gib * 2**30, max_gflop))
+    time_interleaved(cases, warmup, repeats, max_call_s, exempt)
+    rows += [c.row for c in cases]
+    del cases
+    if log:
+      for r in rows[-len(names) :]:
+        log(row_line(r))
+  for length in memory_lengths:
+    s = dataclasses.replace(shape, length=length)
+    for name in names:
+      rows.append(prepare(name, s, 0, run=False).row)
+      if log:
+        log(row_line(rows[-1]))
+  add_ratios(rows, peak_gflops)
   return rows
 
 
-def add_ratios(rows: list[dict]) -> None:
-  ref = {
-    (r["length"], r["mode"], r["dtype"], r["batch"]): r.get("median_ms")
-    for r in rows
-    if r["attention"] == "flax_mha"
-  }
+def add_ratios(rows: list[dict[str, Any]], peak_gflops: float | None = None) -> None:
+  """`vs_reference` = time / flax_mha's time at the same shape; `util` = GFLOP/s / peak."""
+
+  def key(r):
+    return tuple(r[k] for k in ("length", "batch", "heads", "head_dim", "mode", "dtype", "causal"))
+
+  ref = {key(r): r["median_ms"] for r in rows if r["attention"] == "flax_mha" and "median_ms" in r}
   for r in rows:
-    base = ref.get((r["length"], r["mode"], r["dtype"], r["batch"]))
-    if base and r.get("median_ms"):
-      r["vs_reference"] = round(r["median_ms"] / base, 3)
+    if key(r) in ref and "median_ms" in r:
+      r["vs_reference"] = round(r["median_ms"] / ref[key(r)], 3)
+    if peak_gflops and "gflops_per_s" in r:
+      r["util"] = round(r["gflops_per_s"] / peak_gflops, 3)
 
 
-def references() -> list[str]:
-  return [n for n in REFERENCES if n != "jax_dpa_cudnn" or jax.default_backend() == "gpu"]
+def references(dtype: str = "float32") -> list[str]:
+  """flax_mha, jax_dpa, and jax_dpa_cudnn where cuDNN applies (GPU, 16-bit inputs)."""
+  names = ["flax_mha", "jax_dpa"]
+  if jax.default_backend() == "gpu" and dtype in ("bfloat16", "float16"):
+    names.append("jax_dpa_cudnn")
+  return names
 
 
-def resolve_names(requested: list[str]) -> list[str]:
-  """References first (always), then the requested registered types."""
-  if requested == ["all"]:
-    return [*references(), *sorted(attention.REGISTRY)]
+def resolve_names(requested: Sequence[str], dtype: str = "float32") -> list[str]:
+  """References first (always), then the requested registered types ('all': every one)."""
+  if list(requested) == ["all"]:
+    return [*references(dtype), *sorted(attention.REGISTRY)]
   unknown = [n for n in requested if n not in REFERENCES and n not in attention.REGISTRY]
   if unknown:
-    valid = ", ".join([*references(), *sorted(attention.REGISTRY)])
+    valid = ", ".join([*references(dtype), *sorted(attention.REGISTRY)])
     raise app.UsageError(f"unknown attention {unknown}; valid: all, {valid}")
-  return [*references(), *(n for n in requested if n not in REFERENCES)]
+  return [*references(dtype), *(n for n in requested if n not in REFERENCES)]
+
+
+# ---------------------------------------------------------------------------- op profiles
+
+
+def _hlo_index(hlo_text: str) -> tuple[dict[str, tuple[str, str | None, str]], dict]:
+  """Compiled HLO text -> {instruction: (opcode, called computation, op_name)} and
+  {computation: opcodes}."""
+  instructions, computations, current = {}, collections.defaultdict(set), None
+  header = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+  line_re = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s([a-z][\w\-]*)\(")
+  for line in hlo_text.splitlines():
+    if current is None or line.startswith(("%", "ENTRY")):
+      m = header.match(line)
+      if m:
+        current = m.group(1)
+        continue
+    m = line_re.match(line)
+    if m and current is not None:
+      called = re.search(r"(?:calls|body)=%([\w.\-]+)", line)
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      instructions[m.group(1)] = (
+        m.group(2),
+        called.group(1) if called else None,
+        op_name.group(1) if op_name else "",
+      )
+      computations[current].add(m.group(2))
+  return instructions, computations
+
+
+MOVES = {"copy", "transpose", "bitcast", "broadcast", "reshape", "parameter", "constant", "slice"}
+MOVES |= {"concatenate", "pad", "dynamic-slice", "dynamic-update-slice", "tuple", "iota"}
+MOVES |= {"get-tuple-element", "convert"}
+
+
+def op_category(opcode: str, opcodes: set[str]) -> str:
+  """matmul | data movement | reduction | element-wise | control, from an op's HLO opcodes."""
+  ops = opcodes | {opcode}
+  if ops & {"dot", "convolution"}:
+    return "matmul"
+  if ops & {"while", "conditional", "call"} and opcode != "fusion":
+    return "control"
+  if ops <= MOVES | {"fusion"}:
+    return "data movement"
+  if ops & {"reduce", "reduce-window", "scatter", "sort"}:
+    return "reduction"
+  return "element-wise"
+
+
+def profile_ops(compiled: Any, args: Sequence[tuple], top: int = 15) -> dict[str, Any]:
+  """Where the time of a compiled function goes: runs it on each of `args` under
+  `jax.profiler` and sums the executed HLO ops' durations by op and category.
+
+  Returns {"categories": {category: ms per call}, "ops": [top ops: name, category, ms, source],
+  "total_ms": summed op time per call, "wall_ms": median wall time per call}.
+  """
+  instructions, computations = _hlo_index(compiled.as_text())
+  jax.block_until_ready(compiled(*args[0]))
+  walls = []
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for a in args:
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*a))
+        walls.append(1e3 * (time.perf_counter() - start))
+    paths = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(paths[0]) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  per_op = collections.Counter()
+  for e in events:
+    op = e.get("args", {}).get("hlo_op") if e.get("ph") == "X" else None
+    if op:
+      per_op[op] += e.get("dur", 0.0) / 1e3 / len(args)  # µs -> ms per call
+  categories, ops = collections.Counter(), []
+  for op, ms in per_op.most_common():
+    opcode, called, source = instructions.get(op, ("?", None, ""))
+    category = op_category(opcode, computations.get(called, set()))
+    if category == "control":  # a loop's time is the sum of its body's ops, counted there
+      continue
+    categories[category] += ms
+    ops.append({"op": op, "category": category, "ms": round(ms, 2), "source": source[-90:]})
+  return {
+    "categories": {k: round(v, 2) for k, v in categories.most_common()},
+    "ops": ops[:top],
+    "total_ms": round(sum(categories.values()), 2),
+    "wall_ms": round(statistics.median(walls), 2),
+  }
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+  """Markdown: time per op category, then the top ops."""
+  total = max(profile["total_ms"], 1e-9)
+  lines = ["| op category | ms per call | share |", "|---|---:|---:|"]
+  for k, v in profile["categories"].items():
+    lines.append(f"| {k} | {v:,.1f} | {100 * v / total:.0f}% |")
+  lines += ["", "| op | category | ms | from |", "|---|---|---:|---|"]
+  for o in profile["ops"]:
+    source = o["source"].replace("|", "/")
+    lines.append(f"| {o['op']} | {o['category']} | {o['ms']:,.1f} | `{source}` |")
+  return "\n".join(lines)
+
+
+def profile_case(name: str, s: Shape, calls: int = 3) -> dict[str, Any]:
+  """`profile_ops` of one type at one shape."""
+  p = prepare(name, s, calls)
+  if p.inputs is None:
+    raise ValueError(f"{name} at {s}: {p.row.get('error') or p.row.get('skipped')}")
+  return profile_ops(p.compiled, [(*p.fixed, *x) for x in p.inputs])
+
+
+def program_lines(compiled: Any) -> collections.Counter:
+  """A compiled program's instructions with names and metadata removed (a multiset), so two
+  programs that differ only in naming compare equal."""
+  lines = collections.Counter()
+  for line in compiled.as_text().splitlines():
+    if " = " not in line or not line.startswith("  "):
+      continue
+    line = re.sub(r", metadata=\{[^}]*\}", "", line)
+    line = re.sub(r"%[\w.\-]+", "%_", line)
+    lines[re.sub(r"stack_frame_id=\d+", "", line).strip()] += 1
+  return lines
+
+
+def program_difference(a: str, b: str, s: Shape) -> int:
+  """How many compiled instructions differ between types `a` and `b` at shape `s` (0: the same
+  program up to names)."""
+  programs = []
+  for name in (a, b):
+    case = make_case(name, s, jax.random.key(0))
+    args = (*jax.eval_shape(case.init), *jax.eval_shape(case.fresh, jax.random.key(1)))
+    programs.append(program_lines(jax.jit(case.fn).lower(*args).compile()))
+  return sum(((programs[0] - programs[1]) + (programs[1] - programs[0])).values())
 
 
 # ------------------------------------------------------------------------------- reporting
-
-
-def _row_line(r: dict) -> str:
-  if "median_ms" not in r:
-    return (
-      f"{r['attention']:>18} T={r['length']:<6} temp {_mib(r['temp_bytes'])} MiB  ({r['skipped']})"
-    )
-  return (
-    f"{r['attention']:>18} T={r['length']:<6} {r['median_ms']:10.2f} ms  "
-    f"temp {_mib(r['temp_bytes'])} MiB  {r['gflops_per_s']:8.1f} GFLOP/s"
-  )
 
 
 def _mib(n: int) -> str:
   return f"{n / 2**20:,.1f}"
 
 
-def table(rows: list[dict]) -> str:
+def row_line(r: dict[str, Any]) -> str:
+  """One console line per row."""
+  head = f"{r['attention']:>18} T={r['length']:<6}"
+  if "error" in r:
+    return f"{head} error: {r['error']}"
+  mem = f"temp {_mib(r['temp_bytes'])} MiB"
+  if "median_ms" not in r:
+    return f"{head} {'not run':>13}  {mem}  ({r['skipped']})"
+  return f"{head} {r['median_ms']:10.2f} ms  {mem}  {r['gflops_per_s']:8.1f} GFLOP/s"
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
   """Markdown table of rows."""
   lines = [
-    "| attention | T | B | mode | dtype | median ms | min ms | compile ms | temp MiB | GFLOP/s "
-    "| vs flax_mha |",
-    "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    "| attention | T | B | H×D | mode | dtype | median ms | min ms | compile ms | temp MiB "
+    "| GFLOP | GFLOP/s | util | vs flax_mha |",
+    "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
     ran = "median_ms" in r
+    status = "error" if "error" in r else ("not run" if not ran else "")
     cells = [
-      r["attention"], r["length"], r["batch"], r["mode"], r["dtype"],
-      f"{r['median_ms']:.2f}" if ran else "not run", f"{r['min_ms']:.2f}" if ran else "",
-      f"{r['compile_ms']:.0f}", _mib(r["temp_bytes"]),
-      f"{r['gflops_per_s']:.1f}" if ran else "",
+      r["attention"], r["length"], r["batch"], f"{r['heads']}×{r['head_dim']}", r["mode"],
+      r["dtype"], f"{r['median_ms']:,.2f}" if ran else status,
+      f"{r['min_ms']:,.2f}" if ran else "",
+      f"{r['compile_ms']:,.0f}" if "compile_ms" in r else "",
+      _mib(r["temp_bytes"]) if "temp_bytes" in r else "",
+      f"{r['flops'] / 1e9:,.2f}", f"{r['gflops_per_s']:,.1f}" if ran else "",
+      f"{100 * r['util']:.0f}%" if "util" in r else "",
       f"{r['vs_reference']:.2f}x" if "vs_reference" in r else "",
     ]  # fmt: skip
     lines.append("| " + " | ".join(str(c) for c in cells) + " |")
   return "\n".join(lines)
 
 
-def plot(rows: list[dict], prefix: str) -> list[str]:
-  """Log-log time and memory against length, one line per type."""
+def plot(rows: Sequence[dict[str, Any]], prefix: str, title: str = "") -> list[str]:
+  """Log-log time and temporary memory against length, one line per type; writes
+  `<prefix>_time.png` and `<prefix>_memory.png`."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  names = list(dict.fromkeys(r["attention"] for r in rows))
+  cmap = plt.get_cmap("tab20")
+  styles = {
+    n: (cmap(i % 20), ("o", "s", "^", "D", "v", "P", "X")[i % 7]) for i, n in enumerate(names)
+  }
   paths = []
-  for key, label, name in (
+  for key, label, suffix in (
     ("median_ms", "median time per call (ms)", "time"),
     ("temp_bytes", "compiled temporary memory (MiB)", "memory"),
   ):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for att in dict.fromkeys(r["attention"] for r in rows):
-      pts = sorted((r["length"], r[key]) for r in rows if r["attention"] == att and key in r)
-      if pts:
-        xs, ys = zip(*pts, strict=True)
-        ys = [y / 2**20 for y in ys] if key == "temp_bytes" else ys
-        ax.plot(xs, ys, marker="o", label=att, linestyle="--" if att in REFERENCES else "-")
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name in names:
+      pts = sorted(
+        (r["length"], r[key]) for r in rows if r["attention"] == name and r.get(key, -1) > 0
+      )
+      if not pts:
+        continue
+      xs, ys = zip(*pts, strict=True)
+      ys = [y / 2**20 for y in ys] if key == "temp_bytes" else ys
+      color, marker = styles[name]
+      dashed = "--" if name in REFERENCES else "-"
+      ax.plot(xs, ys, marker=marker, color=color, label=name, linestyle=dashed, markersize=4)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    lengths = sorted({r["length"] for r in rows})
+    ax.set_xticks(lengths, [str(t) for t in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("sequence length T (tokens)")
     ax.set_ylabel(label)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.set_title(f"{title} — {suffix}" if title else suffix, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    path = f"{prefix}_{name}.png"
-    fig.savefig(path, dpi=120)
+    path = f"{prefix}_{suffix}.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
   return paths
 
 
-def main(argv) -> None:
+# ------------------------------------------------------------------------------------- main
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so importing this module is free)."""
+  flags.DEFINE_list("attention", ["scaled_dot", "memory_efficient"], "Types, or 'all'.")
+  flags.DEFINE_list("lengths", ["512", "1024"], "Sequence lengths to time.")
+  flags.DEFINE_list("memory_lengths", [], "Lengths only compiled (memory analysis, no timing).")
+  flags.DEFINE_integer("batch", 8, "Batch size.")
+  flags.DEFINE_integer("heads", 8, "Heads.")
+  flags.DEFINE_integer("head_dim", 64, "Width per head.")
+  flags.DEFINE_enum("mode", "fwd_bwd", ["fwd", "fwd_bwd"], "Forward only, or forward + backward.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_bool("causal", False, "Causal self-attention.")
+  flags.DEFINE_integer("repeats", 10, "Timed calls per row (median reported).")
+  flags.DEFINE_integer("warmup", 1, "Untimed calls per row before timing.")
+  flags.DEFINE_float("max_temp_gib", 16.0, "Rows whose compiled temp memory exceeds this: not run.")
+  flags.DEFINE_float("max_gflop", math.inf, "Rows whose analytic FLOPs exceed this: not run.")
+  flags.DEFINE_float("max_call_s", math.inf, "Rows whose first call takes longer: not timed.")
+  flags.DEFINE_string("json", None, "Write the rows here.")
+  flags.DEFINE_string("plot_prefix", None, "Write <prefix>_time.png and <prefix>_memory.png.")
+  flags.DEFINE_bool("profile", False, "Also print where the time goes (op categories, top ops).")
+  flags.DEFINE_bool("train", False, "Benchmark a Transformer LM train step instead.")
+  flags.DEFINE_integer("train_batch", 8, "--train: batch size (sequences of 512 tokens).")
+  flags.DEFINE_bool("all_cpu_tables", False, "Run the measurements of docs/benchmarks.md.")
+
+
+def main(argv: Sequence[str]) -> None:
   del argv
   if FLAGS.all_cpu_tables:
     from experiments import benchmark_report
@@ -320,13 +789,32 @@ def main(argv) -> None:
   if FLAGS.train:
     from experiments import benchmark_train
 
-    print(json.dumps(benchmark_train.run(), indent=2))
+    result = benchmark_train.run(batch=FLAGS.train_batch, dtype=FLAGS.dtype, profile=FLAGS.profile)
+    print(json.dumps(result, indent=1))
     return
   shape = Shape(FLAGS.batch, 0, FLAGS.heads, FLAGS.head_dim, FLAGS.mode, FLAGS.dtype, FLAGS.causal)
-  print(f"{machine()}; matmul {matmul_rate(FLAGS.dtype):.1f} GFLOP/s ({FLAGS.dtype})")
-  names = resolve_names(FLAGS.attention)
-  rows = run(names, [int(t) for t in FLAGS.lengths], shape, FLAGS.repeats, FLAGS.max_temp_gib)
+  peak = matmul_rate(FLAGS.dtype)
+  print(f"{machine()}; matmul rate {peak:,.1f} GFLOP/s ({FLAGS.dtype})", flush=True)
+  names = resolve_names(FLAGS.attention, FLAGS.dtype)
+  rows = run(
+    names,
+    [int(t) for t in FLAGS.lengths],
+    shape,
+    FLAGS.repeats,
+    FLAGS.max_temp_gib,
+    warmup=FLAGS.warmup,
+    max_gflop=FLAGS.max_gflop,
+    max_call_s=FLAGS.max_call_s,
+    memory_lengths=[int(t) for t in FLAGS.memory_lengths],
+    peak_gflops=peak,
+    log=lambda line: print(line, flush=True),
+  )
   print(table(rows))
+  if FLAGS.profile:
+    for name in names:
+      for t in FLAGS.lengths:
+        print(f"\n{name} T={t}\n")
+        print(profile_table(profile_case(name, dataclasses.replace(shape, length=int(t)))))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(rows, f, indent=1)
@@ -335,4 +823,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,8 +1,17 @@
 """Train-step benchmark: a Transformer language model through the real jitted train step.
 
-Model FLOP utilisation (MFU) = achieved model FLOP/s over the device's measured matmul rate,
-with model FLOPs per token = 6 N + 12 L d T (Chowdhery et al. 2022, PaLM, appendix B: N
-parameters, L layers, width d, context T; the backward pass counts twice the forward).
+    python -m experiments.benchmark --train [--train_batch=8] [--dtype=bfloat16] [--profile]
+
+The model: d=512, 8 heads, 6 layers, MLP 2048, T=512 (`SETTINGS`), the `decoder_lm` family when
+it is registered, else the `transformer` encoder-decoder with source length = target length = T
+(the result names the one used). Steps run through `experiments.train`'s jitted train step
+(AdamW, gradient clipping) on random tokens; the median of `steps` timed steps after 2 warm-up.
+
+Model FLOP utilisation (MFU) = model FLOP/s over the device's measured matmul rate. Model FLOPs
+per token = 6 N + 12 L d T (Chowdhery et al. 2022, PaLM, appendix B: N parameters used in matmuls,
+L layers, width d, context T; the backward pass counts twice the forward; attention is not
+halved for causality). N leaves out an input embedding table that is only looked up (it counts
+when the logits reuse it). `profile=True` adds where the step's time goes (op categories).
 """
 
 import statistics
@@ -12,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 
 import models
 from configs import default
@@ -22,37 +32,83 @@ from input_pipeline.base import TaskInfo
 SETTINGS = {"emb_dim": 512, "num_heads": 8, "layers": 6, "mlp_dim": 2048, "length": 512}
 
 
-def lm_config(batch: int, vocab: int, dtype: str):
+def family() -> str:
+  """decoder_lm when registered, else the encoder-decoder."""
+  return "decoder_lm" if "decoder_lm" in models.REGISTRY else "transformer"
+
+
+def model_config(name: str, batch: int, dtype: str, settings: dict[str, int]):
   config = default.get_config()
+  layers = settings["layers"]
   config.model.update(
-    name="decoder_lm", emb_dim=SETTINGS["emb_dim"], qkv_dim=SETTINGS["emb_dim"],
-    num_heads=SETTINGS["num_heads"], num_decoder_layers=SETTINGS["layers"],
-    mlp_dim=SETTINGS["mlp_dim"], max_len=SETTINGS["length"], dtype=dtype,
+    name=name, emb_dim=settings["emb_dim"], qkv_dim=settings["emb_dim"],
+    num_heads=settings["num_heads"], num_encoder_layers=layers, num_decoder_layers=layers,
+    mlp_dim=settings["mlp_dim"], max_len=settings["length"], dtype=dtype,
   )  # fmt: skip
   config.data.batch_size = batch
   config.optimizer.grad_clip_norm = 1.0
   return config
 
 
+def matmul_params(params: Any, cfg: Any) -> dict[str, int]:
+  """Parameter counts: total, encoder, decoder (the rest), and looked-up-only embeddings."""
+  flat = traverse_util.flatten_dict(nn.unbox(params))
+  total = encoder = lookup = 0
+  for path, x in flat.items():
+    total += x.size
+    encoder += x.size if path[0] == "encoder" else 0
+    is_table = path[-1] == "embedding" and "posembed" not in "/".join(path)
+    if (is_table and not cfg.logits_via_embedding) or "posembed" in "/".join(path):
+      lookup += x.size
+  return {"total": total, "encoder": encoder, "lookup": lookup}
+
+
+def model_flops_per_step(name: str, counts: dict[str, int], batch: int, s: dict) -> float:
+  """PaLM's model FLOPs of one train step (see the module docstring)."""
+  d, layers, t = s["emb_dim"], s["layers"], s["length"]
+  n = counts["total"] - counts["lookup"]
+  if name == "decoder_lm":
+    return batch * t * (6.0 * n + 12.0 * layers * d * t)
+  # Encoder-decoder, S = T: encoder parameters see the source tokens, the rest the targets;
+  # attention: encoder self, decoder self and cross, each 12 L d T per token of its side.
+  dec = n - counts["encoder"]
+  return batch * t * (6.0 * counts["encoder"] + 6.0 * dec + 3 * 12.0 * layers * d * t)
+
+
+def _batches(name: str, batch: int, t: int, vocab: int, count: int) -> list[dict[str, Any]]:
+  rng = np.random.default_rng(0)
+  keys = ("inputs",) if name == "decoder_lm" else ("inputs", "targets")
+  return [
+    {k: rng.integers(1, vocab, (batch, t), dtype=np.int32) for k in keys} for _ in range(count)
+  ]
+
+
 def run(
-  batch: int = 8, vocab: int = 8192, dtype: str = "float32", steps: int = 5
+  batch: int = 8,
+  vocab: int = 8192,
+  dtype: str = "float32",
+  steps: int = 5,
+  profile: bool = False,
+  settings: dict[str, int] | None = None,
+  name: str | None = None,
 ) -> dict[str, Any]:
   """Times `steps` train steps after 2 warm-up steps; returns tokens/s, step time and MFU."""
-  config = lm_config(batch, vocab, dtype)
-  t = SETTINGS["length"]
-  info = TaskInfo(kind="lm", vocab_size=vocab, max_input_length=t)
+  settings = settings or SETTINGS
+  name = name or family()
+  config = model_config(name, batch, dtype, settings)
+  t = settings["length"]
+  kind = "lm" if name == "decoder_lm" else "seq2seq"
+  info = TaskInfo(kind=kind, vocab_size=vocab, max_input_length=t, max_target_length=t)
   model = models.build(config.model, info)
   mesh = sharding.make_mesh(config.mesh.shape)
   tx = optim.create(config.optimizer, 1000)
-  rng = np.random.default_rng(0)
-  batches = [
-    {"inputs": rng.integers(1, vocab, (batch, t), dtype=np.int32)} for _ in range(steps + 2)
-  ]
+  batches = _batches(name, batch, t, vocab, steps + 2)
   with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
     state, state_sharding = train.create_state(config, model, tx, mesh, batches[0])
-    step = train.make_steps(config, "lm", state_sharding, mesh).train
+    step = train.make_steps(config, kind, state_sharding, mesh).train
     device_batches = [sharding.global_batch(b, mesh) for b in batches]
     executable = step.compile(state, device_batches[0])
+    counts = matmul_params(state.params, model.config)
     times = []
     for i, b in enumerate(device_batches):
       start = time.perf_counter()
@@ -60,28 +116,57 @@ def run(
       jax.block_until_ready(state)
       if i >= 2:
         times.append(time.perf_counter() - start)
-  n = sum(x.size for x in jax.tree.leaves(nn.unbox(state.params)))
-  d, layers = SETTINGS["emb_dim"], SETTINGS["layers"]
-  flops_per_token = 6 * n + 12 * layers * d * t
+    where = None
+    if profile:
+      from experiments.benchmark import profile_ops
+
+      holder = {"state": state}
+
+      def one_step(b):  # the state is donated: thread it through the profiled calls
+        holder["state"], metrics, _ = executable(holder["state"], b)
+        return metrics
+
+      where = profile_ops(_Callable(executable, one_step), [(b,) for b in device_batches[:2]])
   step_s = statistics.median(times)
-  tokens = batch * t
+  tokens = batch * t * (1 if name == "decoder_lm" else 2)
+  model_flops = model_flops_per_step(name, counts, batch, settings)
   peak = matmul_rate("bfloat16" if dtype == "bfloat16" else "float32")
-  achieved = flops_per_token * tokens / step_s / 1e9
+  achieved = model_flops / step_s / 1e9
   cost = executable.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return {
-    "model": f"decoder_lm d={d} heads={SETTINGS['num_heads']} layers={layers} "
-    f"mlp={SETTINGS['mlp_dim']} T={t} vocab={vocab}",
+  d, layers = settings["emb_dim"], settings["layers"]
+  result = {
+    "model": f"{name} d={d} heads={settings['num_heads']} layers={layers} "
+    f"mlp={settings['mlp_dim']} T={t} vocab={vocab}"
+    + ("" if name == "decoder_lm" else f" (encoder-decoder, source = target = {t})"),
     "dtype": dtype,
     "batch": batch,
-    "params": int(n),
+    "params": int(counts["total"]),
+    "matmul_params": int(counts["total"] - counts["lookup"]),
     "step_ms": round(1e3 * step_s, 1),
     "tokens_per_sec": round(tokens / step_s, 1),
-    "model_gflops_per_step": round(flops_per_token * tokens / 1e9, 1),
-    "xla_gflops_per_step": round(float(cost.get("flops", 0.0)) / 1e9, 1),
+    "model_gflops_per_step": round(model_flops / 1e9, 3),
+    "model_flops_per_step": int(model_flops),
+    "xla_gflops_per_step": round(float(cost.get("flops", 0.0)) / 1e9, 3),
     "achieved_gflops_per_s": round(achieved, 1),
     "matmul_gflops_per_s": round(peak, 1),
     "mfu": round(achieved / peak, 3),
     "compile_s": round(step.compile_seconds, 1),
     "machine": machine(),
   }
+  if where is not None:
+    result["profile"] = where
+  return result
+
+
+class _Callable:
+  """A compiled executable's HLO text with another function to call (for `profile_ops`)."""
+
+  def __init__(self, compiled: Any, fn: Any):
+    self.compiled, self.fn = compiled, fn
+
+  def as_text(self) -> str:
+    return self.compiled.as_text()
+
+  def __call__(self, *args: Any) -> Any:
+    return self.fn(*args)

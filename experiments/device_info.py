@@ -2,15 +2,16 @@
 
 import os
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
 
-def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
-  """Measured GFLOP/s of an n x n matmul: the device's practical peak for utilisation figures."""
+def matmul_rate(dtype: str = "float32", n: int | None = None, repeats: int = 10) -> float:
+  """Measured GFLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on accelerators): the best of
+  `repeats` calls, the device's practical peak for utilisation figures."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a, b = (
     jax.random.normal(k, (n, n), jnp.dtype(dtype)) for k in jax.random.split(jax.random.key(0))
   )
@@ -21,7 +22,7 @@ def matmul_rate(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> flo
     t0 = time.perf_counter()
     jax.block_until_ready(f(a, b))
     times.append(time.perf_counter() - t0)
-  return 2.0 * n**3 / statistics.median(times) / 1e9
+  return 2.0 * n**3 / min(times) / 1e9
 
 
 def machine() -> str:
