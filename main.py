@@ -34,18 +34,28 @@ def main(argv):
 
   from experiments import checkpoints, distributed, sweep, train, validate
 
-  distributed.initialize()
-
-  logging.info(
-    "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
-  )
+  launcher = FLAGS.sweep and FLAGS.sweep_parallel > 1 and FLAGS.sweep_point is None
   try:
+    if not launcher:  # a parallel sweep's parent leaves the devices to its point processes
+      distributed.initialize()
+      logging.info(
+        "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+      )
     if FLAGS.sweep or FLAGS.sweep_point is not None:
       experiment = config_flags.get_config_filename(FLAGS["config"])  # "configs/x.py[:arg]"
-      sweep.run(FLAGS.config, experiment, FLAGS.workdir, FLAGS.sweep_parallel, FLAGS.sweep_point)
+      statuses = sweep.run(
+        FLAGS.config, experiment, FLAGS.workdir, FLAGS.sweep_parallel, FLAGS.sweep_point
+      )
+      if FLAGS.sweep_point is not None and sweep.FAILED in statuses:
+        sys.exit(1)  # e.g. a failed task of a job array
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validate.ConfigError, train.NonFiniteError, checkpoints.NoGoodCheckpointError) as e:
+  except (
+    validate.ConfigError,
+    distributed.LaunchError,
+    train.NonFiniteError,
+    checkpoints.NoGoodCheckpointError,
+  ) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,12 +1,15 @@
 """Attention maps of a trained run: every sown `attention_weights` for one fixed eval example.
 
-The run is rebuilt from its workdir (config.json, best checkpoint else the latest), the first eval
-example is run with the `intermediates` collection mutable, and each layer's weights are drawn
-per head with the example's tokens on the axes.
+The run is rebuilt from its workdir (config.json; the best checkpoint, else the latest), the eval
+example with the most tokens in the first eval batch is run with the `intermediates` collection
+mutable, and each layer's weights `[H, Tq, Tk]` are drawn per head with the tokens on the axes.
+Types that form no weights matrix (linear, Performer) sow none and get no map.
 """
 
 import json
 import os
+import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,31 +24,49 @@ from experiments import checkpoints, optim, sharding, train
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _labels(ids: np.ndarray, info) -> list[str]:
-  if info.detokenize is None:
-    return [str(int(i)) for i in ids]
-  return [info.detokenize(np.array([i])) or str(int(i)) for i in ids]
+AXES = {"inputs": "source", "targets": "target", "inputs2": "second input"}
 
 
-def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, object] | None:
-  """[(layer path, [H, Tq, Tk])] for the first eval example, its batch and the task info."""
+def _example(datasets) -> dict[str, np.ndarray]:
+  """The valid example with the most tokens in the first eval batch, as a batch of one."""
+  batch = next(datasets.eval_dataset().as_numpy_iterator())
+  tokens = sum((v > 0).reshape(len(v), -1).sum(1) for k, v in batch.items() if k in AXES)
+  tokens = np.where(batch.get("valid", np.ones_like(tokens, bool)), tokens, -1)
+  i = int(np.argmax(tokens))
+  return {k: v[i : i + 1] for k, v in batch.items() if k != "valid"}
+
+
+def _order(layer: str) -> tuple:
+  """Encoder before decoder, blocks in order, self- before cross-attention."""
+  blocks = [int(n) for n in re.findall(r"_(\d+)(?:/|$)", layer)]
+  return ("decoder" in layer or not layer, blocks, "cross" in layer, layer)
+
+
+def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, Any] | None:
+  """([(layer path, weights [H, Tq, Tk])], the example batch, the task info) of a run, or None
+  when it has no checkpoint yet."""
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   datasets = input_pipeline.get_datasets(config.data, workdir=run_dir)
   info = datasets.info
   model = models.build(config.model, info)
-  example = next(datasets.eval_dataset().as_numpy_iterator())
-  example = {k: v[:1] for k, v in example.items() if k != "valid"}
-  mesh = sharding.make_mesh((1, 1, 1) if jax.device_count() == 1 else config.mesh.shape)
+  example = _example(datasets)
+  mesh = jax.sharding.Mesh(  # one device: a batch of one example
+    np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1),
+    sharding.MESH_AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * 3,
+  )
   tx = optim.create(config.optimizer, config.train.num_steps)
   with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
-    state, _ = train.create_state(config, model, tx, mesh, example)
+    # The restore target: shapes only (jax.eval_shape of the loop's init), on one device.
+    shapes = jax.eval_shape(lambda: train.create_state(config, model, tx, mesh, example)[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
     metric, mode = train.main_metric(config, info)
     with checkpoints.Checkpoints(run_dir, config.train.keep_checkpoints, metric, mode) as ckpt:
-      restored = ckpt.restore_best(state)
+      restored = ckpt.restore_best(target)
       if restored is None:
-        latest = ckpt.restore_latest(state)
+        latest = ckpt.restore_latest(target)
         restored = latest[0] if latest else None
     if restored is None:
       return None
@@ -57,44 +78,61 @@ def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, object
     if "attention_weights" in names and np.ndim(leaf) == 4:
       layer = "/".join(n for n in names if n not in ("intermediates", "attention_weights"))
       maps.append((layer, np.asarray(leaf[0], np.float32)))
-  maps.sort(key=lambda m: ("encoder" not in m[0], m[0]))  # encoder layers first
-  return maps, example, info
+  return sorted(maps, key=lambda m: _order(m[0])), example, info
 
 
-def draw(run_dir: str, path: str, max_layers: int = 6, max_heads: int = 4) -> str | None:
-  """Writes a grid (layers x heads) of heat maps; None if the run has no weights to show."""
+def _tokens(example: dict[str, np.ndarray], length: int, info) -> tuple[str, list[str]]:
+  """(axis name, token labels) of the example's sequence of this padded length."""
+  for key, role in AXES.items():
+    if key in example and example[key].shape[1] == length:
+      ids = [int(i) for i in example[key][0] if i > 0]
+      return role, [_label(i, info) for i in ids]
+  return "position", [str(i) for i in range(length)]
+
+
+def _label(token: int, info) -> str:
+  if token == getattr(info, "eos_id", None):
+    return "</s>"
+  text = info.detokenize(np.array([token])) if info.detokenize else ""
+  return text.strip() or str(token)
+
+
+def draw(run_dir: str, path: str, max_layers: int = 8, max_heads: int = 4) -> str | None:
+  """Writes a grid (layers x heads) of heat maps to `path`; None if the run sows no weights."""
   found = weights_of(run_dir)
   if not found or not found[0]:
     return None
   maps, example, info = found
   maps = maps[:max_layers]
-  heads = min(max_heads, maps[0][1].shape[0])
-  fig, axes = plt.subplots(
-    len(maps), heads, figsize=(2.8 * heads + 1, 2.8 * len(maps)), squeeze=False
-  )
+  heads = min(max_heads, max(w.shape[0] for _, w in maps))
+  longest = max(max(w.shape[1:]) for _, w in maps)
+  cell = float(np.clip(0.17 * longest, 2.2, 4.5))  # inches per map
+  height = cell * len(maps) + 0.7
+  fig, axes = plt.subplots(len(maps), heads, figsize=(cell * heads + 1.2, height), squeeze=False)
+  image = None
   for row, (layer, w) in enumerate(maps):
-    q_ids, k_ids = (_axis_tokens(example, n) for n in w.shape[1:])
-    wq, wk = len(q_ids) or w.shape[1], len(k_ids) or w.shape[2]
+    q_role, q_labels = _tokens(example, w.shape[1], info)
+    k_role, k_labels = _tokens(example, w.shape[2], info)
+    nq, nk = min(len(q_labels), w.shape[1]), min(len(k_labels), w.shape[2])
     for h in range(heads):
       ax = axes[row, h]
-      ax.imshow(w[h, :wq, :wk], cmap="viridis", vmin=0.0, aspect="auto")
-      ax.set_title(f"{layer}\nhead {h}", fontsize=7)
-      if len(k_ids) <= 40:
-        ax.set_xticks(range(wk), _labels(k_ids, info), fontsize=6, rotation=90)
-      if len(q_ids) <= 40:
-        ax.set_yticks(range(wq), _labels(q_ids, info), fontsize=6)
-      ax.set_xlabel("key token", fontsize=7)
-      ax.set_ylabel("query token", fontsize=7)
-  fig.tight_layout()
+      if h >= w.shape[0]:
+        ax.axis("off")
+        continue
+      image = ax.imshow(w[h, :nq, :nk], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+      ax.set_title(f"{layer or 'decoder step -> encoder'}\nhead {h}", fontsize=7)
+      small = 7 if max(nq, nk) <= 20 else 5
+      if nk <= 64:
+        ax.set_xticks(range(nk), k_labels[:nk], fontsize=small, rotation=90)
+      if nq <= 64:
+        ax.set_yticks(range(nq), q_labels[:nq], fontsize=small)
+      ax.set_xlabel(f"key: {k_role} token", fontsize=7)
+      ax.set_ylabel(f"query: {q_role} token", fontsize=7)
+  fig.suptitle(f"{os.path.basename(os.path.normpath(run_dir))}: attention weights", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 0.92, 1 - 0.3 / height))  # room for the title
+  if image is not None:
+    bar = fig.colorbar(image, cax=fig.add_axes((0.935, 0.2, 0.015, 0.6)))
+    bar.set_label("attention weight", fontsize=8)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
-
-
-def _axis_tokens(example: dict[str, np.ndarray], length: int) -> np.ndarray:
-  """The example's non-padding tokens along an axis of this padded length (inputs or targets)."""
-  for key in ("inputs", "targets"):
-    if key in example and example[key].shape[1] == length:
-      ids = example[key][0]
-      return ids[ids > 0]
-  return np.array([], np.int32)

@@ -3,97 +3,204 @@
     DIR/checkpoints/latest/<step>/{state, meta}   every `checkpoint_every_steps` (and at exit)
     DIR/checkpoints/best/<step>/{state, meta}     the best eval so far
 
-orbax writes each step into a temporary directory and renames it when complete, so a checkpoint
-half-written when a process died is never listed, let alone loaded. A step that fails to restore
-is renamed `damaged.<step>` and the next older one is used. `meta` holds the data
-position (the next batch to read) and the best eval metrics seen so far.
+`meta` holds the data position (the next batch to read), the best eval metrics seen so far and a
+fingerprint of every array of the state (a position-weighted sum of its bits), checked on restore.
+
+What can go wrong, and what happens:
+* The process dies mid-save (kill -9, node failure, disk full): orbax writes each step into
+  `<step>.orbax-checkpoint-tmp*` and renames it when complete, so a half-written step is never
+  listed, let alone loaded; the next save of that step replaces the leftover.
+* A complete step was damaged later (truncated, bytes flipped, files lost): restoring it fails or
+  its fingerprint differs. `restore_latest` warns naming the step, moves it to `damaged.<step>`
+  (kept for inspection, never loaded again) and uses the next older one, then the best one.
+* Nothing restores: `NoGoodCheckpointError`, and nothing is renamed; a workdir that holds
+  checkpoints (or damaged ones) is never silently trained from scratch.
 """
 
+import collections
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+DAMAGED_PREFIX = "damaged."
 
 
 class NoGoodCheckpointError(RuntimeError):
   pass
 
 
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  """uint32 sum of the array's bits, each element weighted by an odd number from its position:
+  any change of one element changes it; independent of sharding (integer sums wrap exactly)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) | jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(tree) -> list[jax.Array]:
+  return [_leaf_fingerprint(x) for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree) -> list[int]:
+  """One uint32 per array of `tree` (all processes must call it: it runs a jitted reduction)."""
+  return [int(v) for v in jax.device_get(_fingerprints(tree))]
+
+
+def _short(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.max(multihost_utils.process_allgather(np.array(flag))))
+
+
 class Checkpoints:
   def __init__(self, workdir: str, keep: int, main_metric: str, mode: str):
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+
+    def barriers(name):  # distinct cross-process barrier names for the two managers
+      return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
     self.latest = ocp.CheckpointManager(
       os.path.join(directory, "latest"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, multiprocessing_options=barriers("latest")
+      ),
     )
     self.best = ocp.CheckpointManager(
       os.path.join(directory, "best"),
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m[main_metric], best_mode=mode, create=True
+        max_to_keep=1,
+        best_fn=lambda m: m[main_metric],
+        best_mode=mode,
+        create=True,
+        multiprocessing_options=barriers("best"),
       ),
     )
 
   @staticmethod
   def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:
+    meta = {**meta, "fingerprint": fingerprint(state)}
     return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
   def save(self, step: int, state, meta: dict[str, Any], force: bool = False) -> None:
+    """Starts an asynchronous save; an error in it (e.g. disk full) is raised by the next save
+    or on closing, and leaves only a temporary directory behind."""
+    self.best.wait_until_finished()  # one manager's background work at a time
     self.latest.save(step, args=self._args(state, meta), force=force)
 
   def save_best(self, step: int, state, meta: dict[str, Any], metrics: dict[str, float]) -> None:
+    self.latest.wait_until_finished()
     self.best.save(step, args=self._args(state, meta), metrics=metrics, force=True)
+
+  def _restore(self, manager: ocp.CheckpointManager, step: int, abstract_state):
+    """(state, meta) of one step; raises if it cannot be read or fails its fingerprint."""
+    error, restored = None, None
+    try:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+      error = e
+    if _any_process(error is not None):  # all processes agree before the next collective
+      raise error or RuntimeError("it failed to restore on another process")
+    state, meta = restored["state"], dict(restored["meta"])
+    expected = meta.pop("fingerprint", None)
+    if expected is not None:  # compared as multisets: a restore without target orders leaves apart
+      got = fingerprint(state)
+      unexpected = collections.Counter(got) - collections.Counter(expected)
+      if unexpected or len(got) != len(expected):
+        leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+        bad = [
+          jax.tree_util.keystr(p) for (p, _), v in zip(leaves, got, strict=True) if v in unexpected
+        ]
+        raise ValueError(
+          f"its contents differ from the fingerprint saved with it ({len(bad)} of {len(got)} "
+          f"arrays{', e.g. ' + bad[0] if bad else ''})"
+        )
+    return state, meta
 
   def restore_best(self, abstract_state) -> Any | None:
     """The state of the best checkpoint, or None if there is none."""
     step = self.best.best_step()
     if step is None:
       return None
-    restored = self.best.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-      ),
-    )
-    return restored["state"]
+    return self._restore(self.best, step, abstract_state)[0]
 
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any]] | None:
-    """The newest checkpoint that restores; falls back past damaged ones with a warning.
+    """(state, meta) of the newest checkpoint that restores intact, falling back past damaged
+    ones (with a warning naming each) to older ones, then to the best one.
 
-    Returns None when there is no checkpoint at all; raises if there are some but none loads.
+    Best checkpoints newer than the step resumed from are deleted (they belong to steps the run
+    is about to redo). Returns None when the workdir has no checkpoint at all; raises
+    NoGoodCheckpointError if it has some (or damaged ones) but none restores.
     """
-    steps = sorted(self.latest.all_steps(), reverse=True)
-    for step in steps:
+    candidates = [(self.latest, s) for s in sorted(self.latest.all_steps(), reverse=True)]
+    candidates += [(self.best, s) for s in sorted(self.best.all_steps(), reverse=True)]
+    failed = []
+    for manager, step in candidates:
       try:
-        restored = self.latest.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-          ),
-        )
-        return restored["state"], restored["meta"]
+        state, meta = self._restore(manager, step, abstract_state)
       except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-        logging.warning("checkpoint at step %d is damaged (%s); trying an older one", step, e)
-        self._set_aside(step)
-    if steps:
+        logging.warning(
+          "checkpoint at step %d in %s is damaged (%s); trying an older one",
+          step, manager.directory, _short(e),
+        )  # fmt: skip
+        failed.append((manager, step, _short(e)))
+        continue
+      for bad_manager, bad_step, _ in failed:
+        self._set_aside(bad_manager, bad_step)
+      if failed:
+        logging.warning(
+          "resuming from step %d; damaged steps %s were renamed %s<step>",
+          step, [s for _, s, _ in failed], DAMAGED_PREFIX,
+        )  # fmt: skip
+      for later in [s for s in self.best.all_steps() if s > step]:
+        self.best.delete(later)  # saved past `step` before a crash; the run redoes those steps
+      return state, meta
+    directory = os.fspath(self.latest.directory)
+    damaged = sorted(d for d in os.listdir(directory) if d.startswith(DAMAGED_PREFIX))
+    if failed or damaged:
+      details = (
+        "; ".join(f"{'best ' if m is self.best else ''}step {s}: {e}" for m, s, e in failed)
+        or f"set aside: {damaged}"
+      )
       raise NoGoodCheckpointError(
-        f"none of the checkpoints {steps} in {self.latest.directory} could be restored; "
-        "refusing to start from scratch over them (use a new --workdir)"
+        f"no checkpoint in {os.path.dirname(directory)} could be restored ({details}); refusing "
+        "to start from scratch over them. Use a new --workdir, or move the checkpoints away"
       )
     return None
 
-  def _set_aside(self, step: int) -> None:
+  @staticmethod
+  def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     """Renames a damaged step to `damaged.<step>` (kept for inspection, never loaded again)."""
     if jax.process_index() == 0:
-      directory = os.fspath(self.latest.directory)
-      target, n = os.path.join(directory, f"damaged.{step}"), 1
+      directory = os.fspath(manager.directory)
+      target, n = os.path.join(directory, f"{DAMAGED_PREFIX}{step}"), 1
       while os.path.exists(target):
-        target, n = os.path.join(directory, f"damaged.{step}.{n}"), n + 1
+        target, n = os.path.join(directory, f"{DAMAGED_PREFIX}{step}.{n}"), n + 1
       os.replace(os.path.join(directory, str(step)), target)
     multihost_utils.sync_global_devices(f"set aside damaged checkpoint {step}")
-    self.latest.reload()
+    manager.reload()
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -104,6 +211,11 @@ class Checkpoints:
 
   def __exit__(self, *exc) -> None:
     """Pending asynchronous saves complete even when training stops with an error."""
-    self.wait()
-    self.latest.close()
-    self.best.close()
+    try:
+      self.wait()
+    finally:
+      for manager in (self.latest, self.best):
+        try:
+          manager.close()
+        except Exception as e:  # noqa: BLE001 - a failed save was already raised by wait()
+          logging.warning("closing %s: %s", manager.directory, _short(e))

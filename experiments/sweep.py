@@ -4,9 +4,11 @@
     python main.py --config=configs/compare_reverse.py --workdir=DIR --sweep_point=K   # one point
 
 `get_sweep(arg)` in the experiment file returns override dicts (see configs/common.py). Point K
-runs in DIR/<name of its overrides>/ (with its overrides in overrides.json); a point whose
-results.json exists is skipped, an interrupted one resumes from its checkpoints, and a failing
-one leaves its traceback in error.txt without stopping the others. The report runs at the end.
+runs in DIR/<name of its overrides>/ (its overrides in overrides.json). A point whose results.json
+exists is skipped, an interrupted one resumes from its checkpoints, and a failing one leaves its
+error and traceback in error.txt without stopping the others. With `--sweep_parallel=N` the points
+run as N processes of main.py with `--sweep_point=K` at a time, each logging to DIR/<point>/log.txt.
+The report (experiments/report.py) is written at the end of a sweep.
 """
 
 import copy
@@ -14,114 +16,264 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
-from experiments import report, train
+from experiments import report, train, validate
+
+FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempted"
+NOT_RUN = "not run"
 
 
-def load_sweep(config_path: str) -> list[dict[str, Any]]:
-  """`configs/x.py[:arg]` -> the list of override dicts of its `get_sweep(arg)`."""
-  path, _, arg = config_path.partition(":")
+def load_sweep(experiment: str) -> list[dict[str, Any]]:
+  """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`."""
+  path, _, arg = experiment.partition(":")
   spec = importlib.util.spec_from_file_location("experiment_file", path)
+  if spec is None:
+    raise validate.ConfigError(f"cannot load experiment file {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path} defines no get_sweep(arg); add one or drop --sweep")
-  return module.get_sweep(arg or None)
+    raise validate.ConfigError(f"{path} defines no get_sweep(arg); add one or drop --sweep")
+  points = module.get_sweep(arg or None)
+  if not points:
+    raise validate.ConfigError(f"{path}: get_sweep({arg!r}) returned no points")
+  return [dict(p) for p in points]
 
 
 def _value(v: Any) -> str:
-  return f"{v:g}" if isinstance(v, float) else str(v)
+  if isinstance(v, float):
+    return f"{v:g}"
+  if isinstance(v, dict):
+    return "+".join(f"{k}={_value(x)}" for k, x in v.items())
+  if isinstance(v, list | tuple):
+    return "x".join(_value(x) for x in v)
+  return str(v)
+
+
+def short_key(key: str) -> str:
+  """A dotted key without its top-level section, at most its last two components; a bare `name`
+  keeps its section: model.attention.name -> attention.name, optimizer.learning_rate ->
+  learning_rate, model.name -> model.name, seed -> seed."""
+  parts = key.split(".")
+  short = parts[max(1, len(parts) - 2) :] or parts
+  return ".".join(parts[-2:] if short == ["name"] else short)
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-  """Readable, stable, filesystem-safe: the last two parts of each key, `=`, the value."""
-  parts = [f"{'.'.join(k.split('.')[-2:])}={_value(v)}" for k, v in overrides.items()]
-  return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts)) or "base"
+  """Readable, stable, filesystem-safe: `short key=value` per override, in declared order; keys
+  whose short forms clash within the point (data.seed, seed) are written in full.
+
+  {"model.attention.name": "additive", "optimizer.learning_rate": 1e-3}
+      -> "attention.name=additive,learning_rate=0.001"
+  """
+  shorts = [short_key(k) for k in overrides]
+  keys = [s if shorts.count(s) == 1 else k for k, s in zip(overrides, shorts, strict=True)]
+  parts = [f"{k}={_value(v)}" for k, v in zip(keys, overrides.values(), strict=True)]
+  return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))[:200] or "base"
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
-  """A copy of `config` with dotted-key overrides (type-checked like `--config.a.b=v`)."""
-  config = copy.deepcopy(config)
+def point_names(points: Sequence[dict[str, Any]]) -> list[str]:
+  """The directory name of every point; two points may not share one."""
+  names = [point_name(p) for p in points]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise validate.ConfigError(f"sweep points with the same name (same overrides?): {twice}")
+  return names
+
+
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key overrides, type-checked like `--config.a.b=v`.
+
+  A key that does not exist raises `validate.ConfigError` naming the valid keys of its section.
+  A dict value replaces a whole section (e.g. `{"model.attention": {"name": "local", ...}}`).
+  """
+  config = copy.deepcopy(config)  # keeps field references (data.seed follows seed)
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
-    node = config
+    node, where = config, "config"
     for part in parents:
-      if part not in node:
-        raise ValueError(f"sweep key {key!r}: no section {part!r}; valid: {sorted(node.keys())}")
-      node = node[part]
-    if leaf not in node:
-      section = ".".join(parents) or "config"
-      raise ValueError(
-        f"sweep key {key!r}: {section} has no {leaf!r}; valid: {sorted(node.keys())}"
-      )
-    node[leaf] = value
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise validate.ConfigError(f"sweep key {key!r}: {where} has no {part!r}; valid: {valid}")
+      node, where = node[part], f"{where}.{part}"
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise validate.ConfigError(f"sweep key {key!r}: {where} has no {leaf!r}; valid: {valid}")
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise validate.ConfigError(f"sweep key {key!r}={value!r}: {e}") from None
   return config
 
 
-def run_point(config, overrides: dict[str, Any], workdir: str) -> str:
-  """Runs one point; returns its status ('skipped', 'finished', 'preempted' or 'failed')."""
+def _status_of(directory: str) -> str | None:
+  """What a point's directory says: finished, failed, or None (not run or incomplete)."""
+  if os.path.exists(os.path.join(directory, "results.json")):
+    return FINISHED
+  if os.path.exists(os.path.join(directory, "error.txt")):
+    return FAILED
+  return None
+
+
+def _write_error(directory: str, error: BaseException) -> None:
+  """error.txt: the error's one-line summary, a blank line, then the traceback."""
+  summary = (f"{type(error).__name__}: {error}".strip().splitlines() or ["error"])[0]
+  with open(os.path.join(directory, "error.txt"), "w") as f:
+    f.write(f"{summary}\n\n{traceback.format_exc()}")
+
+
+def _write_crash(directory: str, returncode: int) -> None:
+  """error.txt for a point process that died (e.g. killed for memory): its log's last lines."""
+  with open(os.path.join(directory, "log.txt"), errors="replace") as f:
+    tail = f.readlines()[-40:]
+  with open(os.path.join(directory, "error.txt"), "w") as f:
+    f.write(f"the point's process exited with status {returncode}; end of log.txt:\n\n")
+    f.writelines(tail)
+
+
+def run_point(config: ml_collections.ConfigDict, overrides: dict[str, Any], workdir: str) -> str:
+  """Runs one point in workdir/<its name>/: 'skipped', 'finished', 'preempted' or 'failed'."""
   directory = os.path.join(workdir, point_name(overrides))
   if os.path.exists(os.path.join(directory, "results.json")):
-    return "skipped"
+    return SKIPPED
+  point_config = apply_overrides(config, overrides)
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "overrides.json"), "w") as f:
-    json.dump(overrides, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "overrides.json"), "w") as f:
+      json.dump(overrides, f, indent=1, default=str)
+    if os.path.exists(os.path.join(directory, "error.txt")):  # an earlier failure, retried now
+      os.remove(os.path.join(directory, "error.txt"))
+  logging.info("sweep point %s", point_name(overrides))
   try:
-    results = train.train_and_evaluate(apply_overrides(config, overrides), directory)
-  except Exception:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
-    with open(os.path.join(directory, "error.txt"), "w") as f:
-      f.write(traceback.format_exc())
-    logging.error("point %s failed; see %s/error.txt", point_name(overrides), directory)
-    return "failed"
-  error = os.path.join(directory, "error.txt")
-  if os.path.exists(error):
-    os.remove(error)
-  return results.get("status", "finished")
+    results = train.train_and_evaluate(point_config, directory)
+  except Exception as e:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
+    logging.exception("point %s failed; see %s/error.txt", point_name(overrides), directory)
+    if jax.process_index() == 0:
+      _write_error(directory, e)
+    return FAILED
+  finally:
+    jax.clear_caches()  # compiled steps of this point are not needed by the next one
+  return results.get("status", FINISHED)
 
 
-def _subprocess_args(point: int) -> list[str]:
-  """This command line with --sweep/--sweep_parallel replaced by --sweep_point=K."""
-  keep = [a for a in sys.argv[1:] if not a.startswith(("--sweep", "--nosweep"))]
-  return [sys.executable, sys.argv[0], *keep, f"--sweep_point={point}"]
+def run(
+  config: ml_collections.ConfigDict,
+  experiment: str,
+  workdir: str,
+  parallel: int = 1,
+  point: int | None = None,
+  argv: Sequence[str] | None = None,
+) -> list[str]:
+  """The whole sweep (then the report), or only `point`; returns each point's status.
 
-
-def run(config, config_path: str, workdir: str, parallel: int = 1, point: int | None = None):
-  """The whole sweep (or one point of it), then the report."""
-  points = load_sweep(config_path)
+  `experiment` is the `--config` file (`configs/x.py[:arg]`), `config` its config with command-line
+  overrides applied; `argv` (default sys.argv) is the command line the parallel processes repeat.
+  """
+  points = load_sweep(experiment)
+  names = point_names(points)
+  for overrides in points:  # every key checked before anything runs
+    apply_overrides(config, overrides)
   if point is not None:
     if not 0 <= point < len(points):
-      raise ValueError(f"--sweep_point={point}; the sweep has points 0..{len(points) - 1}")
-    return run_point(config, points[point], workdir)
-  names = [point_name(p) for p in points]
-  if len(set(names)) != len(names):
-    raise ValueError(f"sweep points with the same name: {names}")
+      last = len(points) - 1
+      raise validate.ConfigError(f"--sweep_point={point}; the sweep has points 0..{last}")
+    return [run_point(config, points[point], workdir)]
+  logging.info("sweep of %d points into %s", len(points), workdir)
   if parallel <= 1:
-    statuses = [run_point(config, p, workdir) for p in points]
+    statuses = []
+    for overrides in points:  # a stop request ends the sweep, not only the running point
+      stopped = PREEMPTED in statuses
+      statuses.append(NOT_RUN if stopped else run_point(config, overrides, workdir))
   else:
-    statuses = _run_parallel(len(points), parallel)
+    statuses = _run_parallel(names, workdir, parallel, list(argv or sys.argv))
   for name, status in zip(names, statuses, strict=True):
-    logging.info("%-60s %s", name, status)
-  report.print_summary(report.write_report(workdir))
+    logging.info("%-70s %s", name, status)
+  if jax.process_index() == 0:
+    report.print_summary(report.write_report(workdir))
   return statuses
 
 
-def _run_parallel(n: int, parallel: int) -> list[str]:
-  waiting, running, statuses = list(range(n)), {}, [""] * n
-  while waiting or running:
-    while waiting and len(running) < parallel:
-      k = waiting.pop(0)
-      running[k] = subprocess.Popen(_subprocess_args(k))
-    for k, proc in list(running.items()):
-      if proc.poll() is not None:
-        statuses[k] = "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
+def point_command(argv: Sequence[str], point: int) -> list[str]:
+  """`argv` (a main.py command line) with its sweep flags replaced by `--sweep_point=K`."""
+  out, rest = [], iter(argv[1:])
+  for arg in rest:
+    name = arg.lstrip("-").split("=")[0] if arg.startswith("-") else ""
+    if name in ("sweep_parallel", "sweep_point"):
+      if "=" not in arg:
+        next(rest, None)  # `--sweep_parallel 4`
+      continue
+    if name in ("sweep", "nosweep"):
+      continue
+    out.append(arg)
+  return [sys.executable, argv[0], *out, f"--sweep_point={point}"]
+
+
+def _run_parallel(names: list[str], workdir: str, parallel: int, argv: list[str]) -> list[str]:
+  """Points as subprocesses, at most `parallel` at a time. SIGINT/SIGTERM stop them cleanly."""
+  statuses = [""] * len(names)
+  waiting = []
+  for k, name in enumerate(names):
+    if _status_of(os.path.join(workdir, name)) == FINISHED:
+      statuses[k] = SKIPPED
+    else:
+      waiting.append(k)
+  env = dict(os.environ)
+  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several processes share a GPU
+  stop = threading.Event()
+  previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+  running: dict[int, tuple[subprocess.Popen, Any, float]] = {}
+  done, signalled = 0, set()
+  try:
+    while (waiting and not stop.is_set()) or running:
+      while waiting and len(running) < parallel and not stop.is_set():
+        k = waiting.pop(0)
+        directory = os.path.join(workdir, names[k])
+        os.makedirs(directory, exist_ok=True)
+        log = open(os.path.join(directory, "log.txt"), "ab")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+          point_command(argv, k), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        running[k] = (proc, log, time.time())
+        logging.info("point %d started: %s (log: %s/log.txt)", k, names[k], directory)
+      for k, (proc, _, _) in running.items():
+        if stop.is_set() and k not in signalled and proc.poll() is None:
+          proc.send_signal(signal.SIGTERM)  # it saves a checkpoint and exits; rerun to resume
+          signalled.add(k)
+      for k, (proc, log, start) in list(running.items()):
+        if proc.poll() is None:
+          continue
+        log.close()
         del running[k]
-    time.sleep(0.5)
-  return statuses
+        directory = os.path.join(workdir, names[k])
+        status = _status_of(directory)
+        if status is None and proc.returncode != 0:  # died before it could record an error
+          _write_crash(directory, proc.returncode)
+          status = FAILED
+        # exit 0 without results: the point was asked to stop (it saved a checkpoint)
+        statuses[k] = status or PREEMPTED
+        done += 1
+        logging.info(
+          "[%d/%d] %s: %s (%.0fs)", done, len(names), names[k], statuses[k], time.time() - start
+        )
+      time.sleep(0.2)
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    for proc, log, _ in running.values():  # only on an unexpected error in this loop
+      proc.terminate()
+      proc.wait()
+      log.close()
+  return [s or NOT_RUN for s in statuses]

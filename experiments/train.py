@@ -100,9 +100,14 @@ def make_train_step(kind: str, seed: int, label_smoothing: float):
       return tasks.loss_and_metrics(kind, logits, batch, label_smoothing)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
     updated = state.apply_gradients(grads=grads)
-    # A non-finite step leaves parameters and optimizer state untouched (and is reported).
+    finite = (
+      jnp.isfinite(loss)
+      & jnp.isfinite(optax.global_norm(grads))
+      & jnp.all(jnp.array([jnp.isfinite(p).all() for p in jax.tree.leaves(updated.params)]))
+    )
+    # A step with a non-finite loss, gradient or updated parameter leaves parameters and
+    # optimizer state untouched (and is reported).
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     kept = kept.replace(
       step=state.step + 1,
@@ -214,11 +219,29 @@ def _improved(value: float, best: dict[str, float] | None, key: str, mode: str) 
 class _Log:
   """metrics.jsonl + TensorBoard (clu) + a progress line."""
 
-  def __init__(self, workdir: str, num_steps: int):
+  def __init__(self, workdir: str, num_steps: int, start_step: int):
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.num_steps = num_steps
+    if self.primary and os.path.exists(self.path):
+      self._drop_after(start_step)
+
+  def _drop_after(self, step: int) -> None:
+    """Forgets records past the step a run resumes from (written before a crash; redone now)."""
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
+        continue
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, scalars: dict[str, float], wall: float) -> None:
     self.writer.write_scalars(step, scalars)
@@ -275,6 +298,7 @@ def train_and_evaluate(
   metric_name, mode = main_metric(config, info)
 
   with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
+    stack.enter_context(preemption.handlers())  # a signal from here on: save and stop
     stack.enter_context(
       nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules))
     )
@@ -304,12 +328,11 @@ def train_and_evaluate(
         out["eval/bleu"] = decode_eval.bleu_score(model, state, eval_batches, config, info, mesh)
       return out
 
-    log = stack.enter_context(_Log(workdir, num_steps))
+    log = stack.enter_context(_Log(workdir, num_steps, start_step))
     tokens_per_step = tasks.batch_tokens(first)
     wall_before = meta["wall_seconds"]
     last_eval: dict[str, float] = {}
     train_metrics, window_start, window_steps, train_seconds = None, time.perf_counter(), 0, 0.0
-    preemption.install_handlers()
     batch = first
     step = start_step
     while step < num_steps:
@@ -400,11 +423,12 @@ def _handle_nonfinite(config, state, step: int, ckpt: checkpoints.Checkpoints) -
   where = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint yet"
   if config.train.on_nonfinite == "stop":
     raise NonFiniteError(
-      f"non-finite loss or gradients at step {step}; the update was not applied and {where}. "
+      f"non-finite loss, gradients or parameters at step {step}; the update was not applied "
+      f"and {where}. "
       "Lower the learning rate, enable clipping, or set train.on_nonfinite=skip"
     )
   logging.warning(
-    "non-finite loss/gradients at step %d: update skipped (%d in a row)", step, in_a_row
+    "non-finite loss/gradients/parameters at step %d: update skipped (%d in a row)", step, in_a_row
   )
   if in_a_row >= config.train.max_nonfinite:
     raise NonFiniteError(

@@ -1,22 +1,34 @@
-"""Training never loses work: preemption, kill -9, damaged checkpoints, non-finite numbers."""
+"""Training never loses work: preemption, kill -9, failed saves, damaged checkpoints, non-finite
+numbers, refused workdirs. The `slow` tests run `main.py` in subprocesses, as a user would."""
 
+import glob
 import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
+from absl import logging
+from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
-from experiments import checkpoints, tasks, train
+import input_pipeline
+from configs import default
+from experiments import checkpoints, preemption, train, validate
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# configs/default.py shrunk to seconds of CPU (main.py flags, like a user would pass them).
 TINY_FLAGS = [
-  "--config=configs/default.py:steps=400",
+  "--config=configs/default.py",
   "--config.data.max_length=8",
   "--config.data.batch_size=16",
   "--config.data.eval_examples=32",
@@ -26,144 +38,331 @@ TINY_FLAGS = [
   "--config.model.num_encoder_layers=1",
   "--config.model.num_decoder_layers=1",
   "--config.train.log_every_steps=5",
-  "--config.train.eval_every_steps=200",
 ]
+ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _main(workdir, *extra):
-  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  cmd = [sys.executable, "main.py", *TINY_FLAGS, f"--workdir={workdir}", *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+class Main:
+  """`python main.py FLAGS --workdir=W` in a subprocess; output to a file (a pipe could fill up)."""
+
+  def __init__(self, workdir, *flags: str, env: dict[str, str] | None = None, cache=None):
+    """`cache`: a JAX compilation cache folder shared by the launches of one test (one writer
+    per program at a time: JAX writes entries in place)."""
+    workdir = os.fspath(workdir)
+    if cache is not None:
+      env = {
+        "JAX_COMPILATION_CACHE_DIR": os.fspath(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **(env or {}),
+      }
+    logs = os.path.dirname(workdir)
+    while not os.path.isdir(logs):  # e.g. a workdir under a file
+      logs = os.path.dirname(logs)
+    fd, self.log = tempfile.mkstemp(prefix="main.", suffix=".log", dir=logs)
+    with os.fdopen(fd, "w") as out:
+      self.proc = subprocess.Popen(
+        [sys.executable, "main.py", *flags, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env={**os.environ, **ENV, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+      )
+
+  def output(self) -> str:
+    with open(self.log) as f:
+      return f.read()
+
+  def wait(self, timeout: float = 300) -> int:
+    return self.proc.wait(timeout=timeout)
+
+  def wait_for(self, predicate, timeout: float = 300) -> None:
+    start = time.time()
+    while not predicate():
+      assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.output()[-3000:]}"
+      assert time.time() - start < timeout, "timed out"
+      time.sleep(0.05)
 
 
-def _wait_for(predicate, proc, timeout=300):
-  start = time.time()
-  while not predicate():
-    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-    assert time.time() - start < timeout, "timed out"
-    time.sleep(0.2)
-
-
-def _results(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
-
-
-def _steps(workdir):
+def _steps(workdir) -> list[int]:
+  """Complete checkpoints in workdir/checkpoints/latest (what orbax would list)."""
   directory = os.path.join(workdir, "checkpoints", "latest")
   return (
     sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
   )
 
 
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
-  proc = _main(tmp_path, "--config.train.checkpoint_every_steps=1000")
-  _wait_for(lambda: os.path.exists(tmp_path / "metrics.jsonl"), proc)
-  proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=300)[0].decode()
-  assert proc.returncode == 0, out[-3000:]
-  assert "Run the same command to resume" in out
-  stopped_at = _steps(tmp_path)[-1]
-  assert 0 < stopped_at < 400  # saved where it stopped, not at a checkpoint interval
-  proc = _main(tmp_path, "--config.train.checkpoint_every_steps=1000")
-  out = proc.communicate(timeout=600)[0].decode()
-  assert proc.returncode == 0, out[-3000:]
-  assert f"resumed from step {stopped_at}" in out
-  assert _results(tmp_path)["step"] == 400
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
 
 
-@pytest.mark.slow
-def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
-  flags = ["--config.train.checkpoint_every_steps=50"]
-  reference = _main(tmp_path / "reference", *flags)
-  assert reference.wait(timeout=600) == 0
-  proc = _main(tmp_path / "killed", *flags)
-  _wait_for(lambda: len(_steps(tmp_path / "killed")) >= 2, proc)
-  proc.kill()
-  proc.wait()
-  proc = _main(tmp_path / "killed", *flags)
-  out = proc.communicate(timeout=600)[0].decode()
-  assert proc.returncode == 0, out[-3000:]
-  assert "resumed from step" in out
-  expected, got = _results(tmp_path / "reference"), _results(tmp_path / "killed")
-  for key, value in expected["metrics"].items():
-    np.testing.assert_allclose(got["metrics"][key], value, rtol=1e-6, err_msg=key)
+def _records(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
-def _corrupt(step_dir):
-  for root, _, files in os.walk(os.path.join(step_dir, "state")):
-    for name in files:
-      with open(os.path.join(root, name), "r+b") as f:
+def _truncate(step_dir) -> None:
+  for path in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "r+b") as f:
         f.truncate(1)
 
 
-def test_damaged_latest_checkpoint_falls_back_then_refuses(tmp_path, caplog):
-  config = tiny_config(steps=12)
-  config.train.checkpoint_every_steps = 6
-  train.train_and_evaluate(config, str(tmp_path))
-  latest = tmp_path / "checkpoints" / "latest"
-  assert _steps(tmp_path) == [6, 12]
-  os.makedirs(latest / "18.orbax-checkpoint-tmp-1234" / "state")  # a save that never finished
-  _corrupt(latest / "12")
-  config.train.num_steps = 14
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert "checkpoint at step 12 is damaged" in caplog.text
-  assert results["step"] == 14
-  for step in _steps(tmp_path):
-    _corrupt(latest / str(step))
-  with pytest.raises(checkpoints.NoGoodCheckpointError, match="refusing to start from scratch"):
-    train.train_and_evaluate(config, str(tmp_path))
+def _flip_bytes(step_dir) -> None:
+  """Same sizes, some bytes inverted in the array data (undetected by orbax/tensorstore itself)."""
+  files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_*", "d", "*"))
+  assert files, os.listdir(os.path.join(step_dir, "state"))
+  for path in files:
+    with open(path, "r+b") as f:
+      data = bytearray(f.read())
+      for i in range(len(data) // 3, min(len(data), len(data) // 3 + 16)):
+        data[i] ^= 0xFF
+      f.seek(0)
+      f.write(data)
 
 
-def test_nonfinite_stop_keeps_last_good_checkpoint(tmp_path):
-  config = tiny_config(steps=20)
-  config.train.checkpoint_every_steps = 1
-  config.optimizer.update(learning_rate=1e30, grad_clip_norm=0.0, warmup_steps=0)
-  config.optimizer.schedule = "constant"
-  with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradients at step (\d+)"):
-    train.train_and_evaluate(config, str(tmp_path))
-  good = _steps(tmp_path)
-  assert good  # the last good checkpoint is intact and restores
-  config.optimizer.learning_rate = 1e-3
-  config.train.on_nonfinite = "skip"
-  config.train.max_nonfinite = 1000
-  assert train.train_and_evaluate(config, str(tmp_path))["step"] == 20
+def _assert_all_finite(tree) -> None:
+  for leaf in tf.nest.flatten(tree):
+    assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
 
 
-def test_nonfinite_skip_skips_bad_updates(tmp_path, monkeypatch):
-  real = tasks.loss_and_metrics
+@pytest.mark.slow
+def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
+  """One run: SIGTERM (clean stop, exit 0), the same command (resumes), kill -9 right after a
+  checkpoint, a planted half-written checkpoint, the same command again: it resumes from the last
+  complete checkpoint and ends exactly like an uninterrupted run."""
+  flags = [
+    *TINY_FLAGS,
+    "--config.train.num_steps=150",
+    "--config.train.checkpoint_every_steps=25",
+    "--config.train.eval_every_steps=50",
+  ]
+  reference = Main(tmp_path / "reference", *flags)  # meanwhile
+  work, cache = tmp_path / "run", tmp_path / "jax_cache"
+  latest = work / "checkpoints" / "latest"
 
-  def poisoned(kind, logits, batch, label_smoothing=0.0):
-    loss, metrics = real(kind, logits, batch, label_smoothing)
-    bad = jnp.sum(batch["inputs"]) % 3 == 0  # some batches, deterministically
-    return jnp.where(bad & ("valid" not in batch), jnp.nan, loss), metrics
+  run = Main(work, *flags, cache=cache)
+  run.wait_for(lambda: (work / "metrics.jsonl").exists())  # a few steps logged
+  run.proc.send_signal(signal.SIGTERM)
+  assert run.wait() == 0, run.output()[-3000:]
+  out = run.output()
+  stopped = _steps(work)[-1]
+  assert 0 < stopped < 150 and not (work / "results.json").exists()
+  assert "SIGTERM: finishing the current step and saving a checkpoint" in out
+  assert f"stopped at step {stopped} on request; checkpoint saved. Run the same command" in out
 
-  monkeypatch.setattr(tasks, "loss_and_metrics", poisoned)
-  config = tiny_config(steps=12)
-  config.train.on_nonfinite = "skip"
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["step"] == 12
-  assert np.isfinite(results["metrics"]["eval/loss"])
-  config.train.max_nonfinite = 1
-  config.train.num_steps = 40
-  with pytest.raises(train.NonFiniteError, match="in a row"):
-    train.train_and_evaluate(config, str(tmp_path / "strict"))
+  run = Main(work, *flags, cache=cache)
+  run.wait_for(lambda: _steps(work)[-1] > stopped)  # a new checkpoint is complete
+  time.sleep(random.uniform(0.0, 0.3))
+  run.proc.kill()
+  assert run.wait() == -signal.SIGKILL, run.output()[-3000:]
+  assert f"resumed from step {stopped} " in run.output()
+
+  last = _steps(work)[-1]
+  half = latest / f"{last + 25}.orbax-checkpoint-tmp"  # what a save cut short leaves behind
+  if not half.exists():
+    shutil.copytree(latest / str(last), half)
+    _truncate(half)
+
+  run = Main(work, *flags, cache=cache)
+  assert run.wait() == 0, run.output()[-3000:]
+  out = run.output()
+  assert f"resumed from step {last} " in out and "damaged" not in out
+  assert reference.wait() == 0, reference.output()[-3000:]
+  expected, got = _json(tmp_path / "reference" / "results.json"), _json(work / "results.json")
+  assert got["step"] == 150
+  assert got["metrics"] == expected["metrics"]  # bit-identical on CPU
+  assert (got["best"], got["best_step"]) == (expected["best"], expected["best_step"])
+  # metrics.jsonl: records written before the kill and redone after it appear once.
+  ours, theirs = _records(work), _records(tmp_path / "reference")
+  assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+  for a, b in zip(ours, theirs, strict=True):
+    if a["step"] > last or "eval/loss" in a:
+      assert {k: v for k, v in a.items() if "loss" in k} == {
+        k: v for k, v in b.items() if "loss" in k
+      }, a["step"]
+  assert not glob.glob(str(latest / "*tmp*"))  # the leftover was replaced by the real save
 
 
-def test_failed_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
-  config = tiny_config(steps=12)
-  config.train.checkpoint_every_steps = 6
-  real_save = checkpoints.Checkpoints.save
+def _fail_latest_save_at(step: int):
+  """orbax's own writer fails (disk full) while writing one step: a real mid-save failure."""
+  real = json_checkpoint_handler.JsonCheckpointHandler._save_fn
 
-  def save(self, step, state, meta, force=False):
-    if step == 12:
+  async def save_fn(self, x, directory):
+    name = os.path.basename(os.path.dirname(os.fspath(directory)))
+    if f"{os.sep}latest{os.sep}" in os.fspath(directory) and name.startswith(f"{step}."):
       raise OSError(28, "No space left on device")
-    return real_save(self, step, state, meta, force)
+    return await real(self, x, directory)
 
-  monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
-  with pytest.raises(OSError, match="No space left"):
-    train.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setattr(checkpoints.Checkpoints, "save", real_save)
-  assert _steps(tmp_path) == [6]
+  return save_fn
+
+
+def test_failed_save_and_damaged_checkpoints_are_never_loaded(tmp_path, monkeypatch, caplog):
+  """Disk full mid-save -> the error surfaces, only a tmp dir is left; bytes flipped in the
+  newest good step -> warned and set aside, the older step is used; all latest steps damaged ->
+  the best checkpoint; nothing good -> NoGoodCheckpointError, every time (never a fresh start)."""
+  caplog.set_level(logging.INFO)
+  config = tiny_config(steps=12)
+  config.train.checkpoint_every_steps = 4
+  latest = tmp_path / "checkpoints" / "latest"
+  with monkeypatch.context() as patch:
+    patch.setattr(
+      json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", _fail_latest_save_at(12)
+    )
+    with pytest.raises(OSError, match="No space left on device"):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert _steps(tmp_path) == [4, 8]
+  assert glob.glob(str(latest / "12.*tmp*"))  # the unfinished save, never listed
+
+  _flip_bytes(latest / "8")
+  caplog.clear()
   assert train.train_and_evaluate(config, str(tmp_path))["step"] == 12
+  # Depending on the bytes hit, reading fails or the contents differ from the fingerprint.
+  assert re.search(r"checkpoint at step 8 in \S+ is damaged \(", caplog.text)
+  assert "resumed from step 4 " in caplog.text
+  assert _steps(tmp_path) == [8, 12] and (latest / "damaged.8").is_dir()
+  assert not glob.glob(str(latest / "*tmp*"))
+
+  best = tmp_path / "checkpoints" / "best"
+  (best_step,) = (int(d) for d in os.listdir(best))
+  for step in _steps(tmp_path):
+    _truncate(latest / str(step))
+  caplog.clear()
+  assert train.train_and_evaluate(config, str(tmp_path))["step"] == 12
+  assert "checkpoint at step 12 in" in caplog.text and "checkpoint at step 8 in" in caplog.text
+  assert f"resumed from step {best_step} " in caplog.text
+
+  for step_dir in [*glob.glob(str(latest / "[0-9]*")), *glob.glob(str(best / "[0-9]*"))]:
+    _truncate(step_dir)
+  before = sorted(os.listdir(latest))
+  for _ in range(2):  # nothing is renamed, so a second attempt refuses too
+    with pytest.raises(checkpoints.NoGoodCheckpointError, match="refusing to start from scratch"):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(latest)) == before
+
+
+def _poison_steps(monkeypatch, steps: set[int]) -> None:
+  """Real NaNs through the real loop: the batches of `steps` carry a token id past the vocabulary
+  (the embedding lookup of an out-of-range id gives NaN)."""
+  real = input_pipeline.get_datasets
+
+  def get_datasets(*args, **kwargs):
+    datasets = real(*args, **kwargs)
+
+    def train_dataset(start_batch: int):
+      bad = tf.constant(sorted(steps), tf.int64)
+
+      def poison(step, batch):
+        hit = tf.reduce_any(tf.equal(step, bad))
+        return {**batch, "inputs": tf.where(hit, 10**6, batch["inputs"])}
+
+      # batch b is the one step b + 1 trains on
+      return datasets.train_dataset(start_batch).enumerate(start_batch + 1).map(poison)
+
+    return type(datasets)(train_dataset, datasets.eval_dataset, datasets.info)
+
+  monkeypatch.setattr(input_pipeline, "get_datasets", get_datasets)
+
+
+def test_nonfinite_skip_discards_updates_and_stops_after_max_in_a_row(
+  tmp_path, monkeypatch, caplog
+):
+  _poison_steps(monkeypatch, {3, 6, 7, 8})
+  config = tiny_config(steps=12)
+  config.train.update(on_nonfinite="skip", max_nonfinite=3, checkpoint_every_steps=1)
+  with pytest.raises(train.NonFiniteError, match="3 non-finite steps in a row up to step 8"):
+    train.train_and_evaluate(config, str(tmp_path))
+  skipped = re.findall(
+    r"non-finite loss/gradients/parameters at step (\d+): update skipped", caplog.text
+  )
+  assert skipped == ["3", "6", "7", "8"]  # counted, and the count restarted after step 3
+  assert _steps(tmp_path) == [6, 7]  # step 8 was not saved
+  ckpt = checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max")
+  with ckpt:
+    (s6, _), (s7, _) = (ckpt._restore(ckpt.latest, step, None) for step in (6, 7))
+  assert (int(s6["step"]), int(s7["step"])) == (6, 7)
+  assert (int(s6["nonfinite_in_a_row"]), int(s7["nonfinite_in_a_row"])) == (1, 2)
+  for a, b in zip(
+    tf.nest.flatten([s6["params"], s6["opt_state"]]),
+    tf.nest.flatten([s7["params"], s7["opt_state"]]),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)  # step 7's update was discarded
+  _assert_all_finite(s7["params"])
+
+
+@pytest.mark.slow
+def test_nonfinite_stop_exits_2_and_keeps_last_good_checkpoint(tmp_path):
+  run = Main(
+    str(tmp_path),
+    *TINY_FLAGS,
+    "--config.train.num_steps=50",
+    "--config.train.checkpoint_every_steps=1",
+    "--config.optimizer.learning_rate=1e30",
+    "--config.optimizer.schedule=constant",
+    "--config.optimizer.warmup_steps=0",
+    "--config.optimizer.grad_clip_norm=0",
+  )
+  assert run.wait() == 2, run.output()[-3000:]
+  out = run.output()
+  found = re.search(
+    r"error: non-finite loss, gradients or parameters at step (\d+); the update was not applied "
+    r"and the last good checkpoint is step (\d+)\.",
+    out,
+  )
+  assert found, out[-3000:]
+  step, good = int(found[1]), int(found[2])
+  assert good == step - 1 == _steps(tmp_path)[-1]
+  with checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max") as ckpt:
+    state, meta = ckpt.restore_latest(None)  # intact: reads back, fingerprint matches
+  assert meta["next_batch"] == good and int(state["step"]) == good
+  _assert_all_finite(state["params"])
+
+
+@pytest.mark.slow
+def test_main_refuses_changed_shapes_unwritable_workdir_and_half_a_launch(tmp_path):
+  """All fail before any training, with exit status 2 and one line saying what to do."""
+  validate.prepare_workdir(str(tmp_path / "old"), default.get_config())  # an earlier run's config
+  (tmp_path / "file").write_text("")
+  changed = Main(tmp_path / "old", *TINY_FLAGS, "--config.train.num_steps=5")
+  blocked = Main(tmp_path / "file" / "run", *TINY_FLAGS, "--config.train.num_steps=5")
+  half = Main(tmp_path / "new", *TINY_FLAGS, env={"JAX_COORDINATOR_ADDRESS": "localhost:12345"})
+  assert changed.wait() == 2, changed.output()[-3000:]
+  keys = (
+    "data.batch_size, data.eval_examples, data.max_length, model.emb_dim, model.mlp_dim, "
+    "model.num_decoder_layers, model.num_encoder_layers, model.qkv_dim"
+  )
+  assert f"holds a run whose config differs in {keys}; use a new --workdir" in changed.output()
+  assert blocked.wait() == 2, blocked.output()[-3000:]
+  assert "is not writable (Not a directory); pick another --workdir" in blocked.output()
+  assert half.wait() == 2, half.output()[-3000:]
+  assert "error: JAX_COORDINATOR_ADDRESS set but not JAX_NUM_PROCESSES, JAX_PROCESS_ID" in (
+    half.output()
+  )
+  assert "compiled in" not in changed.output() + blocked.output() + half.output()
+
+
+def test_too_little_disk_space_is_refused_before_training(tmp_path, monkeypatch):
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(validate.shutil, "disk_usage", lambda _: usage._replace(free=2**20))
+  with pytest.raises(validate.ConfigError, match="has only 1 MiB free"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+@pytest.mark.skipif(
+  threading.current_thread() is not threading.main_thread(), reason="signals need the main thread"
+)
+def test_signal_handlers_request_a_stop_and_are_restored():
+  before = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+  with preemption.handlers():
+    assert not preemption.stop_requested()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+    assert preemption.stop_requested()
+    os.kill(os.getpid(), signal.SIGTERM)  # repeated (e.g. by a scheduler): still just a stop
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)
+  assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
+  with preemption.handlers():
+    assert not preemption.stop_requested()  # a new run starts without the old request

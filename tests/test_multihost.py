@@ -1,15 +1,15 @@
-"""JAX's distributed runtime for real: two CPU processes (gloo) train as one."""
+"""JAX's distributed runtime for real: two CPU processes (gloo collectives, a coordinator on
+localhost) train as one, stop together when only one of them is signalled, and resume together;
+plus how `experiments.distributed` reads a launch from the environment."""
 
-import json
-import os
+import signal
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.test_fault_tolerance import ROOT, TINY_FLAGS
+from experiments import distributed
+from tests.test_fault_tolerance import TINY_FLAGS, Main, _json, _records, _steps
 
 
 def _free_port() -> int:
@@ -18,39 +18,109 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run(workdir, num_processes, steps):
-  port = _free_port()
-  procs = []
-  for i in range(num_processes):
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if num_processes > 1:
-      env |= {
-        "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+def _launch(workdir, num_processes: int, *flags: str, cache=None) -> list[Main]:
+  address = f"localhost:{_free_port()}"
+  return [
+    Main(
+      workdir,
+      *flags,
+      env={
+        "JAX_COORDINATOR_ADDRESS": address,
         "JAX_NUM_PROCESSES": str(num_processes),
         "JAX_PROCESS_ID": str(i),
-      }
-    cmd = [
-      sys.executable, "main.py", *TINY_FLAGS, f"--workdir={workdir}",
-      f"--config.train.num_steps={steps}", "--config.train.checkpoint_every_steps=10",
-      "--config.train.eval_every_steps=10",
-    ]  # fmt: skip
-    procs.append(
-      subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      },
+      cache=cache,
     )
-  outs = [p.communicate(timeout=600)[0].decode() for p in procs]
-  for p, out in zip(procs, outs, strict=True):
-    assert p.returncode == 0, out[-3000:]
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f), outs
+    for i in range(num_processes)
+  ]
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume_together(tmp_path):
-  single, _ = _run(tmp_path / "one", 1, steps=20)
-  double, outs = _run(tmp_path / "two", 2, steps=20)
-  assert all("JAX process 1/2" in out or "JAX process 0/2" in out for out in outs)
+def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
+  """Same global batch (each process reads its half: the losses match one process only if the
+  halves are disjoint and complete), SIGTERM to process 1 alone stops both at the same step with
+  one checkpoint, and the same two commands resume from it to the end."""
+  flags = [
+    *TINY_FLAGS,
+    "--config.train.num_steps=80",
+    "--config.train.checkpoint_every_steps=20",
+    "--config.train.eval_every_steps=40",
+  ]
+  one = Main(tmp_path / "one", *flags)  # meanwhile: the single-process reference
+  two, cache = tmp_path / "two", tmp_path / "jax_cache"
+
+  procs = _launch(two, 2, *flags, cache=cache)
+  procs[1].wait_for(lambda: (two / "metrics.jsonl").exists())
+  procs[1].proc.send_signal(signal.SIGTERM)
+  for p in procs:
+    assert p.wait() == 0, p.output()[-3000:]
+  outs = [p.output() for p in procs]
+  assert "JAX process 0/2" in outs[0] and "JAX process 1/2" in outs[1]
+  assert "SIGTERM" in outs[1] and "SIGTERM" not in outs[0]
+  stopped = _steps(two)[-1]
+  assert 0 < stopped < 80
+  assert all(f"stopped at step {stopped} on request" in out for out in outs)
+
+  procs = _launch(two, 2, *flags, cache=cache)
+  for p in procs:
+    assert p.wait() == 0, p.output()[-3000:]
+    assert f"resumed from step {stopped} " in p.output()
+  assert one.wait() == 0, one.output()[-3000:]
+  single, double = _json(tmp_path / "one" / "results.json"), _json(two / "results.json")
+  assert double["step"] == 80 and double["best_step"] == single["best_step"]
   for key, value in single["metrics"].items():
     np.testing.assert_allclose(double["metrics"][key], value, rtol=1e-5, err_msg=key)
-  resumed, outs = _run(tmp_path / "two", 2, steps=30)  # both processes restore step 20
-  assert all("resumed from step 20" in out for out in outs)
-  assert resumed["step"] == 30
+  first = [r for r in _records(two) if r["step"] <= min(stopped, 40) and "train/loss" in r]
+  reference = {r["step"]: r["train/loss"] for r in _records(tmp_path / "one") if "train/loss" in r}
+  assert first  # before the stop: the very same batches, step by step
+  for r in first:
+    np.testing.assert_allclose(r["train/loss"], reference[r["step"]], rtol=1e-5, err_msg=r["step"])
+
+
+SLURM_STEP = {
+  "SLURM_JOB_ID": "7",
+  "SLURM_STEP_NODELIST": "node[1-4]",
+  "SLURM_NTASKS": "4",
+  "SLURM_PROCID": "2",
+  "SLURM_LOCALID": "0",
+}
+EXPLICIT = {
+  "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+  "JAX_NUM_PROCESSES": "2",
+  "JAX_PROCESS_ID": "1",
+}
+
+
+@pytest.mark.parametrize(
+  ("env", "expected"),
+  [
+    ({}, None),
+    (EXPLICIT, {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}),
+    ({**EXPLICIT, "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}, None),
+    ({**EXPLICIT, **SLURM_STEP}, {"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                                  "process_id": 1}),
+    (SLURM_STEP, {}),  # JAX reads SLURM's variables itself
+    ({**SLURM_STEP, "JAX_COORDINATOR_ADDRESS": "node1:5000"}, {}),  # a chosen port on SLURM
+    ({**SLURM_STEP, "SLURM_NTASKS": "1"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # the batch script, not an srun step
+    ({"OMPI_COMM_WORLD_SIZE": "8"}, {}),
+    ({"TPU_WORKER_ID": "0"}, {}),
+  ],
+)  # fmt: skip
+def test_launch_arguments(env, expected):
+  assert distributed.launch_arguments(env) == expected
+
+
+@pytest.mark.parametrize(
+  ("env", "message"),
+  [
+    ({"JAX_COORDINATOR_ADDRESS": "h:1"}, "set but not JAX_NUM_PROCESSES, JAX_PROCESS_ID"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "set but not JAX_COORDINATOR_ADDRESS"),
+    ({**EXPLICIT, "JAX_PROCESS_ID": "2"}, r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2"),
+    ({**EXPLICIT, "JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' must be an integer"),
+    ({**EXPLICIT, "JAX_COORDINATOR_ADDRESS": "10.0.0.1"}, "must be host:port"),
+  ],
+)  # fmt: skip
+def test_bad_launch_variables_say_what_to_set(env, message):
+  with pytest.raises(distributed.LaunchError, match=message):
+    distributed.launch_arguments(env)

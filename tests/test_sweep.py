@@ -1,27 +1,43 @@
-"""Sweeps: declaring, naming, running, skipping, resuming, recording failures; the report."""
+"""Sweeps: declaring, naming, checking overrides, running, skipping, resuming, failures."""
 
-import csv
+import json
 import os
+import subprocess
+import sys
+import types
 
 import pytest
 
+import input_pipeline
+import models
+from configs import compare_reverse, compare_translation
 from configs.common import axis, chain, product, zip_
-from experiments import preemption, sweep, train
+from experiments import preemption, sweep, train, validate
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = """
 import sys
 sys.path.insert(0, {root!r})
-from configs.common import axis
+from configs.common import axis, chain
 from tests.tiny import tiny_config
 
 def get_config(arg=None):
-  return tiny_config(steps=6)
+  return tiny_config(steps={steps})
 
 def get_sweep(arg=None):
-  return axis("model.attention.name", ["scaled_dot", "linformer", "dot"])
+  return {sweep}
 """
+# scaled_dot runs; 3 heads do not divide the width, so that point fails; dot is interrupted first.
+FAILING_SWEEP = (
+  'chain(axis("model.attention.name", ["scaled_dot"]), axis("model.num_heads", [3]), '
+  'axis("model.attention.name", ["dot"]))'
+)
+
+
+def write_experiment(path, sweep_expr: str, steps: int = 6) -> str:
+  path.write_text(EXPERIMENT.format(root=ROOT, steps=steps, sweep=sweep_expr))
+  return str(path)
 
 
 def test_helpers_expand_as_declared():
@@ -31,71 +47,152 @@ def test_helpers_expand_as_declared():
   ]  # fmt: skip
   assert zip_(a, b) == [{"x.a": 1, "x.b": "u"}, {"x.a": 2, "x.b": "v"}]
   assert chain(a, b) == [*a, *b]
+  assert product(chain(a, b), axis("x.c", [0])) == [{**p, "x.c": 0} for p in chain(a, b)]
   with pytest.raises(ValueError, match="one length"):
     zip_(a, axis("x.c", [1]))
 
 
 def test_point_names_are_readable_stable_and_safe():
   point = {"model.attention.name": "additive", "optimizer.learning_rate": 1e-3}
-  assert sweep.point_name(point) == "attention.name=additive,optimizer.learning_rate=0.001"
-  assert sweep.point_name(dict(point)) == sweep.point_name(point)
+  assert sweep.point_name(point) == "attention.name=additive,learning_rate=0.001"
+  assert sweep.point_name(json.loads(json.dumps(point))) == sweep.point_name(point)  # from a file
+  assert sweep.point_name({"mesh.shape": (2, 1, 1)}) == "shape=2x1x1"
+  assert (
+    sweep.point_name({"model.name": "rnn_seq2seq", "seed": 1}) == "model.name=rnn_seq2seq,seed=1"
+  )
+  assert sweep.point_name({"data.seed": 1, "seed": 2}) == "data.seed=1,seed=2"  # clash: full keys
+  assert sweep.point_name({"model.attention": {"name": "local", "window": 4}}) == (
+    "attention=name=local+window=4"
+  )
   assert "/" not in sweep.point_name({"data.data_dir": "a/b c"})
+  assert sweep.point_name({}) == "base"
+  with pytest.raises(validate.ConfigError, match="same name"):
+    sweep.point_names([{"a.x": 1.0}, {"b.x": 1}])
 
 
-def test_overrides_are_checked():
-  config = sweep.apply_overrides(tiny_config(), {"model.attention.name": "dot"})
+def test_overrides_are_type_checked_and_unknown_keys_named():
+  config = sweep.apply_overrides(tiny_config(), {"model.attention.name": "dot", "seed": 7})
   assert config.model.attention.name == "dot"
-  with pytest.raises(ValueError, match=r"model has no 'widht'; valid: .*emb_dim"):
+  assert config.data.seed == 7  # field references follow, as with --config.seed=7
+  assert tiny_config().seed == 0
+  replaced = sweep.apply_overrides(tiny_config(), {"model.attention": {"name": "local"}})
+  assert dict(replaced.model.attention) == {"name": "local"}
+  with pytest.raises(validate.ConfigError, match=r"config.model has no 'widht'; valid: .*emb_dim"):
     sweep.apply_overrides(tiny_config(), {"model.widht": 3})
+  with pytest.raises(validate.ConfigError, match=r"config has no 'modle'; valid: .*'model'"):
+    sweep.apply_overrides(tiny_config(), {"modle.emb_dim": 3})
+  with pytest.raises(validate.ConfigError, match="'model.num_heads'='four'"):
+    sweep.apply_overrides(tiny_config(), {"model.num_heads": "four"})
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-  """A 3-point sweep (one point fails) whose middle point was interrupted before it ran."""
-  base = tmp_path_factory.mktemp("sweep")
-  path = base / "experiment.py"
-  path.write_text(EXPERIMENT.format(root=ROOT))
-  workdir = base / "runs"
-  interrupted = workdir / sweep.point_name({"model.attention.name": "dot"})
+def test_point_command_repeats_the_command_line_for_one_point():
+  argv = ["main.py", "--config=c.py:steps=5", "--workdir", "w", "--sweep", "--sweep_parallel", "3",
+          "--config.model.emb_dim=8"]  # fmt: skip
+  assert sweep.point_command(argv, 4)[1:] == [
+    "main.py", "--config=c.py:steps=5", "--workdir", "w", "--config.model.emb_dim=8",
+    "--sweep_point=4",
+  ]  # fmt: skip
+
+
+def test_parallel_statuses_of_processes_that_crash_or_stop(tmp_path):
+  """A point process that dies leaves error.txt with its log's end; one that exits 0 without
+  results was stopped."""
+  script = tmp_path / "point.py"
+  script.write_text(
+    "import sys\nk = int(sys.argv[-1].split('=')[1])\nprint('boom', k)\nsys.exit(3 * (k == 0))\n"
+  )
+  statuses = sweep._run_parallel(["p0", "p1"], str(tmp_path), 2, [str(script)])
+  assert statuses == ["failed", "preempted"]
+  error = (tmp_path / "p0" / "error.txt").read_text()
+  assert error.startswith("the point's process exited with status 3") and "boom 0" in error
+
+
+@pytest.mark.parametrize("module", [compare_reverse, compare_translation])
+def test_comparison_sweeps_are_valid(module):
+  """Every point's keys exist and its model fits the task (checked without data)."""
+  config = module.get_config()
+  points = module.get_sweep()
+  assert len(sweep.point_names(points)) >= 8
+  if module is compare_reverse:
+    info = input_pipeline.get_datasets(config.data).info
+  else:  # the shapes of the translation task, without its data
+    info = types.SimpleNamespace(
+      kind="seq2seq", vocab_size=32000, target_vocab_size=32000, num_classes=None,
+      max_input_length=256, max_target_length=256, eos_id=2,
+    )  # fmt: skip
+  for point in points:
+    point_config = sweep.apply_overrides(config, point)
+    validate.check_config(point_config)
+    validate.check_config_for_task(point_config, info)
+    assert models.build(point_config.model, info) is not None
+
+
+def test_bad_key_stops_the_sweep_before_anything_runs(tmp_path):
+  path = write_experiment(tmp_path / "experiment.py", 'axis("model.emb_dimm", [8])')
+  with pytest.raises(validate.ConfigError, match="no 'emb_dimm'"):
+    sweep.run(tiny_config(), path, str(tmp_path / "runs"))
+  assert not (tmp_path / "runs").exists()
+
+
+def test_a_stop_request_ends_a_sequential_sweep(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *_: {"status": "preempted"})
+  path = write_experiment(tmp_path / "experiment.py", 'axis("model.emb_dim", [8, 16, 32])')
+  assert sweep.run(tiny_config(), path, str(tmp_path / "runs")) == [
+    "preempted", "not run", "not run"
+  ]  # fmt: skip
+
+
+def test_sweep_records_failures_resumes_interrupted_and_skips_finished_points(tmp_path):
+  """3 points: the middle one fails; the last was interrupted at step 3 before the sweep."""
+  path = write_experiment(tmp_path / "experiment.py", FAILING_SWEEP)
+  workdir = tmp_path / "runs"
 
   def stop(step):
     if step == 3:
       preemption.request_stop()
 
   config = sweep.apply_overrides(tiny_config(steps=6), {"model.attention.name": "dot"})
+  interrupted = workdir / "attention.name=dot"
   assert train.train_and_evaluate(config, str(interrupted), hooks=[stop])["status"] == "preempted"
-  statuses = sweep.run(tiny_config(steps=6), str(path), str(workdir))
-  return path, workdir, statuses
+
+  assert sweep.run(tiny_config(steps=6), path, str(workdir)) == ["finished", "failed", "finished"]
+  error = (workdir / "num_heads=3" / "error.txt").read_text()
+  assert error.splitlines()[0].startswith("ConfigError: model: num_heads=3 must divide")
+  assert "Traceback" in error
+  assert json.loads((workdir / "num_heads=3" / "overrides.json").read_text()) == {
+    "model.num_heads": 3
+  }
+  assert (workdir / "report" / "report.md").exists()  # the report ran at the end
+  log = (interrupted / "metrics.jsonl").read_text().splitlines()
+  steps = [json.loads(ln)["step"] for ln in log]
+  assert 3 in steps and steps[-1] == 6  # one run up to 3, then resumed to 6
+  assert json.loads((interrupted / "results.json").read_text())["step"] == 6
+
+  again = sweep.run(tiny_config(steps=6), path, str(workdir))
+  assert again == ["skipped", "failed", "skipped"]  # failed points are retried
+  assert sweep.run(tiny_config(steps=6), path, str(workdir), point=0) == ["skipped"]
+  with pytest.raises(validate.ConfigError, match="points 0..2"):
+    sweep.run(tiny_config(steps=6), path, str(workdir), point=3)
 
 
-def test_failing_point_is_recorded_and_the_rest_run(swept):
-  _, workdir, statuses = swept
-  assert statuses == ["finished", "failed", "finished"]
-  failed = workdir / "attention.name=linformer"
-  assert "linformer" in (failed / "error.txt").read_text()
-  assert (workdir / "attention.name=scaled_dot" / "results.json").exists()
-
-
-def test_interrupted_point_resumed_and_finished_points_skipped(swept):
-  path, workdir, _ = swept
-  log = (workdir / "attention.name=dot" / "metrics.jsonl").read_text()
-  assert '"step": 3' in log and '"step": 6' in log  # one run up to 3, then resumed to 6
-  again = sweep.run(tiny_config(steps=6), str(path), str(workdir))
-  assert again == ["skipped", "failed", "skipped"]
-  assert sweep.run(tiny_config(steps=6), str(path), str(workdir), point=0) == "skipped"
-
-
-def test_report_has_every_file_row_and_column(swept):
-  _, workdir, _ = swept
-  report = workdir / "report"
-  with open(report / "results.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert len(rows) == 3
-  assert {"point", "model.attention.name", "final", "best", "tokens_per_sec", "status"} <= set(
-    rows[0]
+@pytest.mark.slow
+def test_parallel_points_run_as_processes(tmp_path):
+  """main.py --sweep --sweep_parallel=2: one process per point; its exit status is 0."""
+  path = write_experiment(
+    tmp_path / "experiment.py", 'axis("model.attention.name", ["scaled_dot", "dot"])', steps=4
   )
-  assert rows[-1]["status"].startswith("failed")
-  text = (report / "report.md").read_text()
-  assert text.count("\n| attention.name=") == 3 and "**" in text
-  for name in ("curves.png", "tradeoff.png", "attention_attention.name=scaled_dot.png"):
-    assert (report / name).stat().st_size > 10_000, name
+  workdir = tmp_path / "runs"
+  command = [sys.executable, "main.py", f"--config={path}", f"--workdir={workdir}", "--sweep",
+             "--sweep_parallel", "2"]  # fmt: skip
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "report: " in done.stdout
+  for point in ("attention.name=scaled_dot", "attention.name=dot"):
+    assert (workdir / point / "results.json").exists(), point
+    assert "sweep point" in (workdir / point / "log.txt").read_text()
+  # --sweep_point=K of a failing point exits non-zero (a failed job-array task)
+  bad = write_experiment(tmp_path / "bad.py", 'axis("model.num_heads", [3])', steps=4)
+  command = [*command[:2], f"--config={bad}", f"--workdir={workdir}", "--sweep_point=0"]
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1 and (workdir / "num_heads=3" / "error.txt").exists()
