@@ -44,7 +44,32 @@ def chain(*sweeps: list[dict]) -> list[dict]:
   return [point for sweep in sweeps for point in sweep]
 
 
+# The long-range family every Long Range Arena experiment file sweeps: the exact baseline, the
+# same attention computed in chunks, and every efficient type that works as an encoder's
+# self-attention.
+LONG_RANGE_TYPES = (
+  "scaled_dot", "memory_efficient", "sliding_window", "longformer", "bigbird", "sparse_fixed",
+  "linear", "performer", "linformer", "sinkhorn", "lsh", "synthesizer",
+)  # fmt: skip
+
+
+def long_range_sweep() -> list[dict]:
+  """One point per type of `LONG_RANGE_TYPES`, everything else as in the experiment file."""
+  return axis("model.attention.name", LONG_RANGE_TYPES)
+
+
 # Sections every experiment shares (override fields after calling).
+
+
+def long_range_attention(max_len: int) -> ml_collections.ConfigDict:
+  """`config.model.attention` of a long-sequence experiment: scaled_dot, plus the length of the
+  types that learn one weight per position (linformer, sinkhorn, synthesizer) set to the
+  model's, so a sweep or `--config.model.attention.name=X` changes only the name. Every type
+  uses its own defaults for the rest (`models/attention/<family>.py`)."""
+  attention = ml_collections.ConfigDict()
+  attention.name = "scaled_dot"  # any registered attention type
+  attention.max_length = max_len  # read only by the types that have the field
+  return attention
 
 
 def loop_section() -> ml_collections.ConfigDict:

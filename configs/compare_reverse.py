@@ -34,7 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     max_len=16, hidden_dim=64, cell="gru", attention_placement="bahdanau",
   )  # fmt: skip
   config.optimizer.warmup_steps = 50
-  config.train.on_nonfinite = "skip"  # a rare overflow (Performer) skips a step, not the point
   config.train.update(
     eval_every_steps=max(args.steps // 5, 1),
     log_every_steps=max(args.steps // 5, 1),

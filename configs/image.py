@@ -13,7 +13,13 @@ base_cifar10_config.py`): a small model, 200 epochs of the first 90% of the trai
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import (
+  long_range_attention,
+  long_range_sweep,
+  loop_section,
+  mesh_section,
+  parse_arg,
+)
 
 TRAIN_EXAMPLES = 45000  # LRA: 90% of CIFAR-10's 50000 training images
 EPOCHS = 200  # LRA: 200
@@ -53,8 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pooling = "cls"  # LRA: CLS
   config.model.classifier_dim = 64  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = ml_collections.ConfigDict()
-  config.model.attention.name = "scaled_dot"  # any registered attention type
+  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
 
   # Optimizer: LRA: Adam, lr 5e-4, linear warm-up for one epoch then cosine decay, no weight decay.
   config.optimizer = ml_collections.ConfigDict()
@@ -78,3 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """The long-range family on this task (a row of LRA's Table 1 per type); same for every arg."""
+  del arg
+  return long_range_sweep()

@@ -15,7 +15,13 @@ the paper: 512 dim, 8 heads, 6 layers, FFN 2048, 5K steps); where they differ it
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import (
+  long_range_attention,
+  long_range_sweep,
+  loop_section,
+  mesh_section,
+  parse_arg,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,8 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pooling = "cls"  # LRA: CLS
   config.model.classifier_dim = 2048  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = ml_collections.ConfigDict()
-  config.model.attention.name = "scaled_dot"  # any registered attention type
+  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
 
   # Optimizer: LRA uses Adam(b1=0.9, b2=0.98) with decoupled weight decay 0.1 and the schedule
   # 0.05 * min(1, step / 1000) / sqrt(max(step, 1000)), i.e. a peak of 0.05 / sqrt(1000).
@@ -78,3 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """The long-range family on this task (a row of LRA's Table 1 per type); same for every arg."""
+  del arg
+  return long_range_sweep()

@@ -12,7 +12,13 @@ a shared encoder for both documents and the [u, v, u*v, u-v] matching head.
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import (
+  long_range_attention,
+  long_range_sweep,
+  loop_section,
+  mesh_section,
+  parse_arg,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,8 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.pooling = "cls"  # LRA: CLS
   config.model.classifier_dim = 512  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
   config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = ml_collections.ConfigDict()
-  config.model.attention.name = "scaled_dot"  # any registered attention type
+  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
 
   # Optimizer: LRA: Adam(0.9, 0.98), weight decay 0.1, 0.05 * linear_warmup * rsqrt_decay with
   # 8000 warm-up steps (longer than the 5000-step run, so the rate is still rising at the end).
@@ -75,3 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """The long-range family on this task (a row of LRA's Table 1 per type); same for every arg."""
+  del arg
+  return long_range_sweep()

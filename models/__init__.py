@@ -83,7 +83,21 @@ def check(model_config: Mapping[str, Any], info: Any) -> None:
     )
   if "attention" in fields:
     attention.build(fields["attention"])  # unknown type or field
+    _check_attention_length(dict(fields["attention"]), fields.get("max_len"))
   cls.validate(make_config(fields, info), info)
+
+
+def _check_attention_length(attention_fields: dict[str, Any], max_len: int | None) -> None:
+  """Types that learn one weight per position (`max_length`) must cover the model's length."""
+  name = attention_fields["name"]
+  if max_len is None or "max_length" not in attention.own_fields(name):
+    return
+  have = attention_fields.get("max_length", attention.get(name).max_length)
+  if have < max_len:
+    raise ValueError(
+      f"attention {name!r} has max_length={have} < model.max_len={max_len}; "
+      f"set --config.model.attention.max_length={max_len}"
+    )
 
 
 def supports_packing(model_config: Mapping[str, Any]) -> bool:

@@ -45,6 +45,11 @@ BAD = [
   ("mesh.shape", (1, 1), r"needs 3 entries"),
   ("model.num_heads", 3, r"divisible by num_heads=3|num_heads=3 must divide"),
   ("model.max_len", 4, r"max_len=4"),
+  (
+    "model.attention",
+    {"name": "synthesizer", "max_length": 8},
+    r"'synthesizer' has max_length=8 < model.max_len=16; set --config.model.attention.max_length",
+  ),
   ("model.name", "encoder_classifier", r"fits task kinds \['classification'\], not 'seq2seq'"),
 ]
 

@@ -4,15 +4,23 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
 import input_pipeline
 import models
-from configs import compare_reverse, compare_translation
-from configs.common import axis, chain, product, zip_
+from configs import (
+  compare_reverse,
+  compare_translation,
+  image,
+  listops,
+  retrieval,
+  text_classification,
+)
+from configs.common import LONG_RANGE_TYPES, axis, chain, product, zip_
 from experiments import preemption, sweep, train, validate
+from input_pipeline.base import TaskInfo
+from tests.test_fault_tolerance import ENV
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,19 +115,31 @@ def test_parallel_statuses_of_processes_that_crash_or_stop(tmp_path):
   assert error.startswith("the point's process exited with status 3") and "boom 0" in error
 
 
-@pytest.mark.parametrize("module", [compare_reverse, compare_translation])
-def test_comparison_sweeps_are_valid(module):
-  """Every point's keys exist and its model fits the task (checked without data)."""
+def _task_shapes(module, config):
+  """The task info a config's sweep needs to be checked, without the task's data."""
+  if module is compare_reverse:
+    return input_pipeline.get_datasets(config.data).info
+  if module is compare_translation:
+    return TaskInfo(
+      kind="seq2seq", vocab_size=32000, target_vocab_size=32000, max_input_length=256,
+      max_target_length=256, eos_id=2,
+    )  # fmt: skip
+  kind = "retrieval" if config.model.name == "dual_encoder" else "classification"
+  return TaskInfo(kind, 256, max_input_length=config.model.max_len - 1, num_classes=10)
+
+
+@pytest.mark.parametrize(
+  "module", [compare_reverse, compare_translation, listops, text_classification, retrieval, image]
+)
+def test_shipped_sweeps_are_valid(module):
+  """Every point's keys exist and its model fits the task (checked without data); the Long
+  Range Arena files sweep the whole long-range family."""
   config = module.get_config()
   points = module.get_sweep()
   assert len(sweep.point_names(points)) >= 8
-  if module is compare_reverse:
-    info = input_pipeline.get_datasets(config.data).info
-  else:  # the shapes of the translation task, without its data
-    info = types.SimpleNamespace(
-      kind="seq2seq", vocab_size=32000, target_vocab_size=32000, num_classes=None,
-      max_input_length=256, max_target_length=256, eos_id=2,
-    )  # fmt: skip
+  if module not in (compare_reverse, compare_translation):
+    assert [p["model.attention.name"] for p in points] == list(LONG_RANGE_TYPES)
+  info = _task_shapes(module, config)
   for point in points:
     point_config = sweep.apply_overrides(config, point)
     validate.check_config(point_config)
@@ -184,7 +204,7 @@ def test_parallel_points_run_as_processes(tmp_path):
   workdir = tmp_path / "runs"
   command = [sys.executable, "main.py", f"--config={path}", f"--workdir={workdir}", "--sweep",
              "--sweep_parallel", "2"]  # fmt: skip
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env = {**os.environ, **ENV}
   done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "report: " in done.stdout

@@ -5,12 +5,13 @@
 
 Choromanski et al. 2021, "Rethinking Attention with Performers". The output is then that of
 linear attention with this φ (`linear.kernel_attention`), bidirectional or causal (prefix sums).
-A per-query (and per-batch-head for keys) maximum is subtracted inside the exponential for
-stability; it cancels between numerator and denominator. `redraw`: `fixed` (Ω drawn at init
-from `seed` and the layer's path, kept in the non-trainable `constants` collection) or
-`every_call` (a fresh Ω from the `attention` rng when the call has one — training — and the
-fixed Ω otherwise). The error against exact softmax attention falls as `num_features` M grows
-(tests/test_attention_efficient.py).
+For stability the per-query factor exp(−|q|²/2) is dropped and per-query (and, for keys,
+per-batch-head) maxima are subtracted inside the exponentials; all cancel between numerator
+and denominator, so the largest features are 1 and nothing underflows as norms grow.
+`redraw`: `fixed` (Ω drawn at init from `seed` and the layer's path, kept in the non-trainable
+`constants` collection) or `every_call` (a fresh Ω from the `attention` rng when the call has
+one — training — and the fixed Ω otherwise). The error against exact softmax attention falls as
+`num_features` M grows (tests/test_attention_efficient.py).
 Cost: O(T M d) time, O(T (M + d) + M d) memory.
 """
 
@@ -58,19 +59,22 @@ class PerformerAttention(KernelAttention):
       omega = orthogonal_features(self.make_rng("attention"), self.num_features, d)
     scale = d**-0.25
 
-    def projected(x):
-      x = x * scale
-      return jnp.einsum("bthd,md->bthm", x, omega), 0.5 * jnp.sum(x * x, -1, keepdims=True)
-
-    wq, nq = projected(q)
-    wk, nk = projected(k)
-    q_shift = jax.lax.stop_gradient(jnp.max(wq, axis=-1, keepdims=True))
-    wk_valid = wk if valid is None else jnp.where(valid[:, :, None, None], wk, -jnp.inf)
-    # One shift per batch and head for all keys (and one per query): both cancel exactly in the
-    # ratio, so this changes nothing but the range (it is not a way for the future to leak in).
-    k_shift = jnp.max(wk_valid, axis=(1, 3), keepdims=True)
-    k_shift = jax.lax.stop_gradient(k_shift)
     m = self.num_features
-    phi_q = jnp.exp(wq - nq - q_shift) / jnp.sqrt(m)
-    phi_k = jnp.exp(wk - nk - k_shift) / jnp.sqrt(m)
+    wq = jnp.einsum("bthd,md->bthm", q * scale, omega)
+    wk = jnp.einsum("bthd,md->bthm", k * scale, omega)
+    # φ(q) ∝ exp(ω·q − |q|²/2): the |q|²/2 term is one factor per query, which cancels in the
+    # ratio, so it is dropped and each query is shifted by its own maximum instead. Keys keep
+    # their term, and one shift per batch and head for all keys (the maximum of the exponent
+    # over keys and features) also cancels exactly. So the largest feature of every query and
+    # the largest key feature are 1: nothing underflows as the norms grow in training, which
+    # shifting by the maximum of ω·k alone does not ensure. (Not a way for the future to leak
+    # in: the shift cancels.)
+    q_exp = wq - jax.lax.stop_gradient(jnp.max(wq, axis=-1, keepdims=True))
+    k_exp = wk - 0.5 * scale**2 * jnp.sum(k * k, -1, keepdims=True)
+    if valid is not None:
+      k_exp = jnp.where(valid[:, :, None, None], k_exp, -jnp.inf)
+    k_shift = jnp.max(k_exp, axis=(1, 3), keepdims=True)
+    k_shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(k_shift), k_shift, 0.0))
+    phi_q = jnp.exp(q_exp) / jnp.sqrt(m)
+    phi_k = jnp.exp(k_exp - k_shift) / jnp.sqrt(m)
     return phi_q, phi_k
