@@ -5,13 +5,14 @@
     python -m experiments.report runs/compare
 
 A smaller version of configs/default.py (reversing 4-12 symbols, 500 steps of 32 examples): the
-classic scores (Luong's dot and general, Bahdanau's additive) in a 2+2-layer Transformer and in a
-GRU encoder-decoder with Bahdanau placement (plus Chorowski's location-sensitive there), and exact
-(scaled_dot, its chunked memory-efficient form), linear-cost (linear, Performer) and synthesized
-(Synthesizer, dense) attention in the Transformer. Every point trains from the same seed on the
-same batches with the same optimizer; only the swept fields differ. The self-attention-only types
-(sliding_window, longformer, bigbird, sparse_fixed, sinkhorn, lsh: no cross attention; linformer:
-no causal mask) cannot be an encoder-decoder's attention, so they are not among the points.
+classic scores (Luong's dot and general, Bahdanau's additive) in a GRU encoder-decoder with
+Bahdanau placement (plus Chorowski's location-sensitive there) and additive in a 2+2-layer
+Transformer; exact (scaled_dot, its chunked memory-efficient form), linear-cost (linear,
+Performer) and synthesized (Synthesizer, dense) attention in the Transformer; and the banded
+types (sliding_window, longformer: window 2) as the Transformer's self-attention under exact
+cross attention (`model.cross_attention`, as in Longformer's encoder-decoder), since they cannot
+cross-attend themselves. Every point trains from the same seed on the same batches with the same
+optimizer; only the swept fields differ.
 """
 
 import ml_collections
@@ -19,8 +20,9 @@ import ml_collections
 from configs import default
 from configs.common import axis, chain, parse_arg, product
 
-TRANSFORMER_TYPES = ("scaled_dot", "memory_efficient", "linear", "performer", "synthesizer", "dot",
-                     "general", "additive")  # fmt: skip
+TRANSFORMER_TYPES = ("scaled_dot", "memory_efficient", "linear", "performer", "synthesizer",
+                     "additive")  # fmt: skip
+SELF_ONLY_TYPES = ("sliding_window", "longformer")  # with scaled_dot cross attention
 RNN_TYPES = ("dot", "general", "additive", "location_sensitive")  # step-wise over encoder states
 STEPS = 500
 
@@ -33,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     emb_dim=64, qkv_dim=64, mlp_dim=128, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
     max_len=16, hidden_dim=64, cell="gru", attention_placement="bahdanau",
   )  # fmt: skip
+  config.model.attention.window = 2  # sliding_window, longformer: keys within 2 positions
   config.optimizer.warmup_steps = 50
   config.train.update(
     eval_every_steps=max(args.steps // 5, 1),
@@ -46,5 +49,10 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   parse_arg(arg, steps=STEPS)  # the same arguments as get_config
   return chain(
     product(axis("model.name", ["transformer"]), axis("model.attention.name", TRANSFORMER_TYPES)),
+    product(
+      axis("model.name", ["transformer"]),
+      axis("model.attention.name", SELF_ONLY_TYPES),
+      axis("model.cross_attention", ["scaled_dot"]),
+    ),
     product(axis("model.name", ["rnn_seq2seq"]), axis("model.attention.name", RNN_TYPES)),
   )

@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.attention = ml_collections.ConfigDict()
   config.model.attention.name = "scaled_dot"  # any registered attention type
   config.model.attention.implementation = "auto"  # scaled_dot only: auto | xla | jax
+  config.model.cross_attention = ""  # transformer: the cross attention's type; "": as attention
 
   # Optimizer: optax.
   config.optimizer = ml_collections.ConfigDict()

@@ -79,6 +79,9 @@ class TransformerConfig:
   rotary_base: float = 10000.0
   norm: str = "pre"  # pre | post
   attention: tuple[tuple[str, Any], ...] = (("name", "scaled_dot"),)
+  # Encoder-decoder cross attention: another registered type (with the fields of `attention`
+  # that it has), e.g. dense cross attention under sparse self-attention; "": as `attention`.
+  cross_attention: str = ""
   decode: bool = False  # decoder: one position per call, keys/values in the `cache` collection
   # Classification / retrieval heads (ignored by the sequence models).
   pooling: str = "cls"  # cls | mean | max
@@ -100,16 +103,22 @@ class TransformerConfig:
   def head_dim(self) -> int:
     return self.qkv_dim // self.num_heads
 
-  def attention_class(self) -> type[Attention]:
-    return attention_lib.get(dict(self.attention)["name"])
+  def attention_fields(self, cross: bool = False) -> dict[str, Any]:
+    """`{"name": ..., **fields}` of the self-attention, or of the cross attention."""
+    fields = dict(self.attention)
+    return {**fields, "name": self.cross_attention} if cross and self.cross_attention else fields
 
-  def make_attention(self) -> Callable[..., Attention]:
-    if self.decode:
+  def attention_class(self, cross: bool = False) -> type[Attention]:
+    return attention_lib.get(self.attention_fields(cross)["name"])
+
+  def make_attention(self, cross: bool = False) -> Callable[..., Attention]:
+    make = attention_lib.build(self.attention_fields(cross))
+    if self.decode and not cross:
       cls = self.attention_class()
       if "decode" not in {f.name for f in dataclasses.fields(cls)}:
         raise ValueError(f"attention {cls.registry_name!r} has no decode cache")
-      return functools.partial(attention_lib.build(dict(self.attention)), decode=True)
-    return attention_lib.build(dict(self.attention))
+      return functools.partial(make, decode=True)
+    return make
 
 
 def config_from(cls: type, model_config: Mapping[str, Any], **task_fields: Any) -> Any:
@@ -336,8 +345,10 @@ def residual(
   return x + y if cfg.norm == "pre" else ln(x + y)
 
 
-def make_attention(cfg: TransformerConfig, causal: bool, name: str) -> Attention:
-  return cfg.make_attention()(
+def make_attention(
+  cfg: TransformerConfig, causal: bool, name: str, cross: bool = False
+) -> Attention:
+  return cfg.make_attention(cross)(
     num_heads=cfg.num_heads,
     qkv_features=cfg.qkv_dim,
     out_features=cfg.emb_dim,
@@ -394,7 +405,7 @@ class DecoderBlock(nn.Module):
       "ln_attention",
     )
     if encoded is not None:
-      cross = make_attention(cfg.replace(decode=False), causal=False, name="cross_attention")
+      cross = make_attention(cfg, causal=False, name="cross_attention", cross=True)
       y = residual(
         cfg,
         lambda h: cross(h, encoded, mask=cross_mask, deterministic=deterministic),
@@ -483,14 +494,15 @@ class Decoder(nn.Module):
       self_mask = attention_masks(attn_cls, valid, valid, segmentation, segmentation)
     cross_mask = None
     if encoded is not None:
-      if not attn_cls.supports_cross:
-        raise ValueError(f"attention {attn_cls.registry_name!r} cannot cross-attend")
+      cross_cls = cfg.attention_class(cross=True)
+      if not cross_cls.supports_cross:
+        raise ValueError(f"attention {cross_cls.registry_name!r} cannot cross-attend")
       q_valid = jnp.ones(targets.shape, bool) if cfg.decode else targets > 0
       if segmentation is not None:
         q_valid = segmentation > 0
       kv_valid = encoder_valid if encoder_valid is not None else jnp.ones(encoded.shape[:2], bool)
       cross_mask = attention_masks(
-        attn_cls, q_valid, kv_valid, None if cfg.decode else segmentation, encoder_segmentation
+        cross_cls, q_valid, kv_valid, None if cfg.decode else segmentation, encoder_segmentation
       )
     y = emb(y_in).astype(cfg.compute_dtype)
     y = AddPositionEmbs(cfg.position, cfg.max_len, name="posembed_output")(y, positions)

@@ -72,7 +72,12 @@ def validate_transformer(
       raise ValueError(
         f"max_len={cfg.max_len} is shorter than the task's longest sequence {longest}"
       )
-  check_attention_roles(cfg.attention_class(), roles)
+  check_attention_roles(cfg.attention_class(), tuple(r for r in roles if r != "cross"))
+  if "cross" in roles and not cfg.attention_class(cross=True).supports_cross:
+    raise ValueError(
+      f"attention {cfg.attention_fields(cross=True)['name']!r} does not support cross attention; "
+      "keep it for self-attention with --config.model.cross_attention=scaled_dot (or another type)"
+    )
   if cfg.position == "rotary" and not rotary_supported(cfg.attention_class(), cfg.attention):
     raise ValueError(
       f"position='rotary' needs an attention type projecting queries/keys with "

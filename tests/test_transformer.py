@@ -171,6 +171,28 @@ def test_check_rejects_bad_configs(override, message):
     models.check(model_config(**override), Info())
 
 
+def test_sparse_self_attention_with_dense_cross_attention():
+  """`cross_attention` names the decoder's cross attention type (Longformer-Encoder-Decoder
+  style): self-attention is banded (window 1), cross attention exact, so the logits equal a
+  model whose self-attention is scaled_dot under the same band mask."""
+  fields = {"name": "sliding_window", "window": 1, "implementation": "xla"}
+  with pytest.raises(ValueError, match="cross_attention=scaled_dot"):
+    models.check(model_config(attention=fields), Info())
+  model = models.build(model_config(attention=fields, cross_attention="scaled_dot"), Info())
+  batch = random_batch()
+  variables = jax.jit(model.init)(jax.random.key(0), batch)
+  logits, state = jax.jit(lambda v: model.apply(v, batch, mutable=["intermediates"]))(variables)
+  weights = state["intermediates"]["decoder"]["decoderblock_0"]
+  self_w = weights["self_attention"]["attention_weights"][0]
+  cross_w = weights["cross_attention"]["attention_weights"][0]
+  t, s = batch["targets"].shape[1], batch["inputs"].shape[1]
+  assert self_w.shape == (2, 2, t, t) and cross_w.shape == (2, 2, t, s)
+  i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+  assert np.all(np.asarray(self_w)[..., (i - j > 1) | (j > i)] == 0)  # causal band of 1
+  assert np.all(np.asarray(cross_w)[1] > 0)  # every source position (row 1 has no padding)
+  assert np.isfinite(np.asarray(logits)).all()
+
+
 def test_check_rejects_wrong_task_kind():
   with pytest.raises(ValueError, match="fits task kinds"):
     models.check(model_config(), Info(kind="classification"))
