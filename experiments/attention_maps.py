@@ -124,10 +124,13 @@ def draw(run_dir: str, path: str, max_layers: int = 8, max_heads: int = 4) -> st
       small = 7 if max(nq, nk) <= 20 else 5
       if nk <= 64:
         ax.set_xticks(range(nk), k_labels[:nk], fontsize=small, rotation=90)
-      if nq <= 64:
-        ax.set_yticks(range(nq), q_labels[:nq], fontsize=small)
       ax.set_xlabel(f"key: {k_role} token", fontsize=7)
-      ax.set_ylabel(f"query: {q_role} token", fontsize=7)
+      if h == 0:  # the heads of a row share their queries: labelled once, on the left
+        if nq <= 64:
+          ax.set_yticks(range(nq), q_labels[:nq], fontsize=small)
+        ax.set_ylabel(f"query: {q_role} token", fontsize=7)
+      else:
+        ax.set_yticks([])
   fig.suptitle(f"{os.path.basename(os.path.normpath(run_dir))}: attention weights", fontsize=9)
   fig.tight_layout(rect=(0, 0, 0.92, 1 - 0.3 / height))  # room for the title
   if image is not None:

@@ -12,6 +12,7 @@ Block-sparse attention (`bigbird`, `sparse_fixed`, `sinkhorn`, `lsh`): `split_bl
 `gather_time` (per-head key positions), `joint_softmax` (one softmax over several key sets) and
 `scatter_dense` (blocked weights -> `[B, H, Tq, Tk]`, O(T²), only for sowing them).
 `layer_key`/`constant`: per-layer fixed randomness and non-trainable constants.
+`SparseSelfAttention`: the shared call of the self-attention-only types.
 """
 
 import zlib
@@ -22,9 +23,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention.base import normalize
+from models.attention import masks
+from models.attention.base import Attention, normalize
 
 CONSTANTS = "constants"  # the non-trainable collection of fixed random draws
+
+
+def key_validity(mask: jnp.ndarray | None, length: int, batch: int) -> jnp.ndarray:
+  """A key-padding mask `[B, 1, 1, T]` (or None) -> `[B, T]` booleans."""
+  valid = masks.key_padding(mask, length)
+  return jnp.ones((batch, length), bool) if valid is None else valid
+
+
+def check_self_attention(name: str, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None) -> None:
+  if inputs_kv is not None and inputs_kv is not inputs_q:
+    raise ValueError(f"{name} is self-attention only (inputs_kv must be None)")
+
+
+class SparseSelfAttention(Attention):
+  """The call shared by the self-attention types that score only some keys per query: project,
+  scale the queries by 1/√d, then `context(q, k, v, valid, deterministic)` (each type's own
+  pattern) -> `[B, T, H, D]`, then the output projection. Key-padding masks only."""
+
+  supports_cross = False
+  dense_mask = False
+
+  def context(self, q, k, v, valid, deterministic):  # pragma: no cover - abstract
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(
+    self,
+    inputs_q: jnp.ndarray,
+    inputs_kv: jnp.ndarray | None = None,
+    *,
+    mask: jnp.ndarray | None = None,
+    deterministic: bool = True,
+  ) -> jnp.ndarray:
+    """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
+    check_self_attention(self.registry_name, inputs_q, inputs_kv)
+    q, k, v = self.project_qkv(inputs_q, inputs_q)
+    b, t, _, d = q.shape
+    q = q * jnp.asarray(d**-0.5, q.dtype)
+    context = self.context(q, k, v, key_validity(mask, t, b), deterministic)
+    return self.project_out(context, inputs_q.shape[-1])
 
 
 def pad_time(x: jnp.ndarray, multiple: int) -> jnp.ndarray:

@@ -20,13 +20,11 @@ only; key-padding masks only. Weights are sown (scattered to `[B, H, T, T]`) onl
 `intermediates` is mutable.
 """
 
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from models.attention import _blocks, register
-from models.attention.base import Attention, normalize
-from models.attention.sliding_window import check_self_attention, key_validity
+from models.attention.base import normalize
 
 
 def block_pattern(
@@ -67,11 +65,8 @@ def block_pattern(
 
 
 @register("bigbird")
-class BigBirdAttention(Attention):
+class BigBirdAttention(_blocks.SparseSelfAttention):
   """Global + sliding-window + random block-sparse attention, computed blockwise."""
-
-  supports_cross = False
-  dense_mask = False
 
   block_size: int = 64  # b
   num_global_blocks: int = 1  # g: the first g blocks are global
@@ -79,21 +74,9 @@ class BigBirdAttention(Attention):
   num_random_blocks: int = 3  # r: random key blocks per query block and head
   seed: int = 0  # of the random pattern (with the layer's path)
 
-  @nn.compact
-  def __call__(
-    self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
-    *,
-    mask: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
-    check_self_attention("bigbird", inputs_q, inputs_kv)
-    q, k, v = self.project_qkv(inputs_q, inputs_q)
+  def context(self, q, k, v, valid, deterministic):
+    """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""
     b, t, h, d = q.shape
-    valid = key_validity(mask, t, b)
-    q = q * jnp.asarray(d**-0.5, q.dtype)
     bs = max(1, min(self.block_size, t))
     nb = -(-t // bs)
     idx, ok = block_pattern(
@@ -142,4 +125,4 @@ class BigBirdAttention(Attention):
       row_weights = self.weights_dropout(row_weights, deterministic)
       rows_context = jnp.einsum("bhqk,bkhd->bqhd", row_weights.astype(v.dtype), v)
       context = context.at[:, :rows].set(rows_context)
-    return self.project_out(context, inputs_q.shape[-1])
+    return context

@@ -12,40 +12,23 @@ Cost: O(T (3w + g) d + g T d) time, O(T (3w + g)) memory. Self-attention only; k
 only. Weights are sown (scattered to `[B, H, T, T]`) only when `intermediates` is mutable.
 """
 
-import flax.linen as nn
 import jax.numpy as jnp
 
 from models.attention import _blocks, register
-from models.attention.base import Attention, normalize
-from models.attention.sliding_window import check_self_attention, key_validity
+from models.attention.base import normalize
 
 
 @register("longformer")
-class LongformerAttention(Attention):
+class LongformerAttention(_blocks.SparseSelfAttention):
   """Banded attention within `window` plus `global_tokens` leading tokens with full attention."""
-
-  supports_cross = False
-  dense_mask = False
 
   window: int = 128  # keys at distance <= window on each side (causal: to the left)
   global_tokens: int = 1  # the first g positions attend everywhere and are attended by all
 
-  @nn.compact
-  def __call__(
-    self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
-    *,
-    mask: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
-    check_self_attention("longformer", inputs_q, inputs_kv)
-    q, k, v = self.project_qkv(inputs_q, inputs_q)
+  def context(self, q, k, v, valid, deterministic):
+    """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""
     b, t, h, d = q.shape
     g = max(0, min(self.global_tokens, t))
-    valid = key_validity(mask, t, b)
-    q = q * jnp.asarray(d**-0.5, q.dtype)
     sow = self.is_mutable_collection("intermediates")
 
     # Every query: its band (blocked) and the global keys outside the band, in one softmax.
@@ -83,5 +66,4 @@ class LongformerAttention(Attention):
     g_weights = jnp.moveaxis(weights[..., s:], 1, 2).reshape(b, h, n * w, g)[:, :, :t]
     context = context + jnp.einsum("bhqk,bkhd->bqhd", g_weights.astype(v.dtype), v[:, :g])
     rows = jnp.einsum("bhqk,bkhd->bqhd", row_weights.astype(v.dtype), v)
-    context = context.at[:, :g].set(rows)
-    return self.project_out(context, inputs_q.shape[-1])
+    return context.at[:, :g].set(rows)

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from models.attention import _blocks, register
 from models.attention.base import NEG_INF, Attention
-from models.attention.sliding_window import check_self_attention, key_validity
 
 SELF_PENALTY = 1e5  # subtracted from a query's score for itself (as in the reference code)
 
@@ -76,13 +75,13 @@ class LSHAttention(Attention):
     deterministic: bool = True,
   ) -> jnp.ndarray:
     """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
-    check_self_attention("lsh", inputs_q, inputs_kv)
+    _blocks.check_self_attention("lsh", inputs_q, inputs_kv)
     _, head_dim = self.features(inputs_q)
     h, r = self.num_heads, self.num_hashes
     qk = self.dense_heads(inputs_q, "query", h, head_dim)  # shared query/key projection
     v = self.dense_heads(inputs_q, "value", h, head_dim)
     b, t = qk.shape[:2]
-    valid = key_validity(mask, t, b)
+    valid = _blocks.key_validity(mask, t, b)
     n_b = num_buckets(t, self.bucket_size)
     c = max(1, min(2 * self.bucket_size, t))  # chunk length m
     nc = -(-t // c)

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.attention import _blocks, register
-from models.attention.base import NEG_INF, Attention, default_kernel_init
-from models.attention.sliding_window import check_self_attention, key_validity
+from models.attention.base import NEG_INF, default_kernel_init
 
 
 def sinkhorn(
@@ -50,11 +49,9 @@ def sinkhorn(
 
 
 @register("sinkhorn")
-class SinkhornAttention(Attention):
+class SinkhornAttention(_blocks.SparseSelfAttention):
   """Local block + a Sinkhorn-sorted block of keys per query block."""
 
-  supports_cross = False
-  dense_mask = False
   padding_invariant = False  # the blocks' sort mixes positions across blocks
 
   block_size: int = 64  # b
@@ -62,28 +59,17 @@ class SinkhornAttention(Attention):
   sinkhorn_iters: int = 7
   temperature: float = 0.75  # τ
 
-  @nn.compact
-  def __call__(
-    self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
-    *,
-    mask: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
-    check_self_attention("sinkhorn", inputs_q, inputs_kv)
-    q, k, v = self.project_qkv(inputs_q, inputs_q)
+  def context(self, q, k, v, valid, deterministic):
+    """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""
     b, t, h, d = q.shape
     if t > self.max_length:
       raise ValueError(f"sinkhorn: length {t} > max_length={self.max_length}")
-    valid = key_validity(mask, t, b)
     bs = max(1, min(self.block_size, t))
     n = -(-t // bs)
     max_blocks = -(-self.max_length // bs)
     vb = _blocks.split_blocks(valid, bs)  # [B, N, b]
     keep = vb[..., None, None].astype(k.dtype)
-    qb = _blocks.split_blocks(q * jnp.asarray(d**-0.5, q.dtype), bs)  # [B, N, b, H, D]
+    qb = _blocks.split_blocks(q, bs)  # [B, N, b, H, D]
     kb, vvb = (_blocks.split_blocks(x, bs) * keep for x in (k, v))
 
     # SortNet on block embeddings -> P [B, H, N_source, N_target].
@@ -122,8 +108,7 @@ class SinkhornAttention(Attention):
     sorted_w = self.weights_dropout(sorted_w, deterministic).astype(v.dtype)
     context = jnp.einsum("bnhqk,bnkhd->bnqhd", own_w, vvb)
     context = context + jnp.einsum("bnhqk,bnkhd->bnqhd", sorted_w, sv)
-    context = context.reshape(b, n * bs, h, d)[:, :t]
-    return self.project_out(context, inputs_q.shape[-1])
+    return context.reshape(b, n * bs, h, d)[:, :t]
 
   def sort_dense(self, features: int, axes: tuple, name: str) -> nn.DenseGeneral:
     return nn.DenseGeneral(

@@ -13,40 +13,22 @@ Self-attention only; key-padding masks only. Weights are sown (scattered to `[B,
 only when `intermediates` is mutable.
 """
 
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from models.attention import _blocks, register
-from models.attention.base import Attention
-from models.attention.sliding_window import check_self_attention, key_validity
 
 
 @register("sparse_fixed")
-class SparseFixedAttention(Attention):
+class SparseFixedAttention(_blocks.SparseSelfAttention):
   """Own block (`stride` l) + the last `num_summary` positions of every block."""
-
-  supports_cross = False
-  dense_mask = False
 
   stride: int = 128  # l: the block length
   num_summary: int = 8  # c: summary positions at the end of every block
 
-  @nn.compact
-  def __call__(
-    self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
-    *,
-    mask: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    """`inputs_q` `[B, T, D]`, key-padding `mask` `[B, 1, 1, T]` -> `[B, T, out_features]`."""
-    check_self_attention("sparse_fixed", inputs_q, inputs_kv)
-    q, k, v = self.project_qkv(inputs_q, inputs_q)
+  def context(self, q, k, v, valid, deterministic):
+    """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""
     b, t, h, d = q.shape
-    valid = key_validity(mask, t, b)
-    q = q * jnp.asarray(d**-0.5, q.dtype)
     l = max(1, min(self.stride, t))  # noqa: E741
     c = max(0, min(self.num_summary, l))
     qb, kb, vb = (_blocks.split_blocks(x, l) for x in (q, k, v))  # [B, nb, l, H, D]
@@ -81,5 +63,4 @@ class SparseFixedAttention(Attention):
     sum_w = self.weights_dropout(sum_w, deterministic).astype(v.dtype)
     context = jnp.einsum("bnhqk,bnkhd->bnqhd", own_w, vb)
     context = context + jnp.einsum("bnhqm,bmhd->bnqhd", sum_w, vs)
-    context = context.reshape(b, nb * l, h, d)[:, :t]
-    return self.project_out(context, inputs_q.shape[-1])
+    return context.reshape(b, nb * l, h, d)[:, :t]
