@@ -6,6 +6,7 @@ mutable, and each layer's weights `[H, Tq, Tk]` are drawn per head with the toke
 Types that form no weights matrix (linear, Performer) sow none and get no map.
 """
 
+import functools
 import json
 import os
 import re
@@ -71,7 +72,8 @@ def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, Any] |
     if restored is None:
       return None
     variables = {"params": restored.params, **(restored.model_state or {})}
-    _, inter = model.apply(variables, example, train=False, mutable=["intermediates"])
+    apply = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))
+    _, inter = apply(variables, example)
   maps = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]:
     names = [str(p.key) for p in path if hasattr(p, "key")]  # dict keys; drops sow's tuple index

@@ -38,9 +38,8 @@ def _random_symbols(seed: tf.Tensor, config: ml_collections.ConfigDict):
 def _seq2seq_example(transform):
   def make(seed, config):
     x, length = _random_symbols(seed, config)
-    y = transform(x, length)
-    targets = tf.concat([y, [0]], 0)
-    targets = tf.tensor_scatter_nd_update(targets, [[length]], [EOS_ID])
+    y = tf.pad(transform(x, length), [[0, 1]])
+    targets = tf.where(tf.range(config.max_length + 1) == length, EOS_ID, y)  # EOS after y
     return {"inputs": x, "targets": targets}
 
   return make

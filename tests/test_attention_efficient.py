@@ -93,19 +93,8 @@ def test_longformer_equals_masked_exact_attention(causal):
   """Window 2, 2 global tokens, padded keys: scaled_dot with the same dense pattern, weights too."""
   x, window, g = _x(10), 2, 2
   layer = _layer("longformer", window=window, global_tokens=g).clone(causal=causal)
-  params = _init(layer, 11, x)
-  lengths = jnp.array([T, T - 4])
-  pad = masks.padding_mask(None, jnp.arange(T)[None] < lengths[:, None])
-  full = masks.combine(pad, jnp.asarray(_longformer_mask(T, window, g, False))[None, None])
-  got, got_w = _run(layer, params, x, mask=pad, mutable=["intermediates"])
-  exact = _layer("scaled_dot", implementation="xla").clone(causal=causal)
-  want, want_w = _run(exact, params, x, mask=full, mutable=["intermediates"])
-  np.testing.assert_allclose(got, want, atol=1e-5)
-  np.testing.assert_allclose(
-    got_w["intermediates"]["attention_weights"][0],
-    want_w["intermediates"]["attention_weights"][0],
-    atol=1e-6,
-  )
+  pattern = _longformer_mask(T, window, g, False)[None]
+  _assert_like_masked_exact(layer, _init(layer, 11, x), x, pattern, causal)
 
 
 @pytest.mark.parametrize("causal", [False, True])

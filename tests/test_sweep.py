@@ -18,7 +18,7 @@ from configs import (
   text_classification,
 )
 from configs.common import LONG_RANGE_TYPES, axis, chain, product, zip_
-from experiments import preemption, sweep, train, validate
+from experiments import attention_maps, preemption, sweep, train, validate
 from input_pipeline.base import TaskInfo
 from tests.test_fault_tolerance import ENV
 from tests.tiny import tiny_config
@@ -162,8 +162,11 @@ def test_a_stop_request_ends_a_sequential_sweep(tmp_path, monkeypatch):
   ]  # fmt: skip
 
 
-def test_sweep_records_failures_resumes_interrupted_and_skips_finished_points(tmp_path):
+def test_sweep_records_failures_resumes_interrupted_and_skips_finished_points(
+  tmp_path, monkeypatch
+):
   """3 points: the middle one fails; the last was interrupted at step 3 before the sweep."""
+  monkeypatch.setattr(attention_maps, "draw", lambda *_, **__: None)  # tests/test_report.py
   path = write_experiment(tmp_path / "experiment.py", FAILING_SWEEP)
   workdir = tmp_path / "runs"
 
