@@ -163,6 +163,28 @@ def test_performer_error_falls_with_more_features(causal):
   assert errors[2] < 0.05
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_features_do_not_underflow_at_large_norms(causal):
+  """Queries and keys 30x larger (|k|²/(2√d) in the hundreds: exp(−|k|²/2) underflows in
+  float32): outputs and gradients stay finite and queries keep their context (shifting by the
+  maximum of ω·k alone left none). The key shift is one per sequence, so in causal mode early
+  queries whose few keys lie far below the sequence's largest can still lose theirs."""
+  x = _x(20)
+  layer = _layer("performer", num_features=16).clone(causal=causal)
+  variables = _init(layer, 21, x)
+  params = dict(variables["params"])
+  for name in ("query", "key"):
+    params[name] = jax.tree.map(lambda a: 30.0 * a, params[name])
+  big = {**variables, "params": params}
+  out = np.asarray(_run(layer, big, x))
+  bias = np.asarray(nn.unbox(params["out"]["bias"]))
+  assert np.isfinite(out).all()
+  with_context = (np.abs(out - bias).max(-1) > 1e-4).mean()  # not the output bias alone
+  assert with_context >= (0.5 if causal else 0.9), with_context
+  grads = jax.jit(jax.grad(lambda x: jnp.sum(layer.apply(big, x) ** 2)))(x)
+  assert np.isfinite(np.asarray(grads)).all()
+
+
 def test_linformer_matches_its_equation():
   x = _x(6)
   layer = _layer("linformer", k=5, max_length=16)

@@ -24,10 +24,14 @@ def _pad_time(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
   return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
 
 
+MIN_DENOMINATOR = 1e-12  # below it (its square underflows in float32 gradients) the output is 0
+
+
 def _ratio(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
-  """num `[..., D]` / den `[...]`, 0 where den = 0 (no key, or a padded query), with finite
-  gradients there. No ε is added, so a common scale of the key features cancels exactly."""
-  ok = den > 0
+  """num `[..., D]` / den `[...]`; 0 where den < MIN_DENOMINATOR (no key, a padded query, or a
+  query whose kernel mass underflows), with finite gradients everywhere. No ε is added, so a
+  common scale of the key features cancels exactly."""
+  ok = den > MIN_DENOMINATOR
   return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None], 0.0)
 
 
