@@ -15,14 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import _blocks, masks, register
 from models.attention.base import Attention
-
-
-def _pad_time(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
-  pad = -x.shape[1] % multiple
-  return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
-
 
 MIN_DENOMINATOR = 1e-12  # below it (its square underflows in float32 gradients) the output is 0
 
@@ -51,7 +45,7 @@ def kernel_attention(
     return _ratio(num, den)
   t = phi_q.shape[1]
   c = min(chunk_size, t)
-  qs, ks, vs = (_pad_time(x, c) for x in (phi_q, phi_k, v))
+  qs, ks, vs = (_blocks.pad_time(x, c) for x in (phi_q, phi_k, v))
   n = qs.shape[1] // c
   split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0)  # noqa: E731
   lower = jnp.tril(jnp.ones((c, c), bool))
