@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench bench_all clean
 
 $(STAMP): requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "$(PY) not found; run 'make PY=python3 ...'"; exit 1; }
@@ -31,7 +31,10 @@ test: lint
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -n 2 --durations=15 tests
 
 bench: $(STAMP)
-	$(BIN)/python -m experiments.benchmark --all_cpu_tables
+	$(BIN)/python -m experiments.benchmark --cpu_targets
+
+bench_all: $(STAMP)
+	$(BIN)/python -m experiments.benchmark --cpu_all_types
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

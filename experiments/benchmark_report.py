@@ -1,12 +1,15 @@
-"""`make bench`: the CPU measurements behind docs/benchmarks.md, rewritten with date and machine.
+"""The CPU measurements behind docs/, rewritten with date and machine.
 
-    python -m experiments.benchmark --all_cpu_tables
+    python -m experiments.benchmark --cpu_targets     # make bench: docs/benchmarks.md (minutes)
+    python -m experiments.benchmark --cpu_all_types   # make bench_all: docs/benchmarks_all_types.md
 
 Targets (the performance issue): 1. scaled_dot vs flax_mha, fwd+bwd, T=512..2048, B=8 H=8 D=64;
 2. memory_efficient at T=16384 (temp memory vs scaled_dot's, by memory analysis) and its time
 at T=2048; 3. linear / performer / linformer / sliding_window vs scaled_dot at T=4096; 4. the
-train step's MFU. Sections `## GPU` and `## Input pipeline` already in the file are kept as
-they are (others write them); a placeholder GPU section is added when there is none.
+train step's MFU. `--cpu_targets` measures only the rows these need; `--cpu_all_types` every
+registered type at T=1024..4096 (plus memory analysis at 8192 and 16384), with the plots.
+Sections `## GPU` and `## Input pipeline` already in benchmarks.md are kept as they are (others
+write them); a placeholder GPU section is added when there is none.
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ from experiments.device_info import machine, matmul_rate
 from models import attention
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+TARGETS_DOC, ALL_TYPES_DOC = "benchmarks.md", "benchmarks_all_types.md"
 KEPT_SECTIONS = ("GPU", "Input pipeline")  # written by others; preserved verbatim
 
 MHA = benchmark.Shape(batch=8, length=0, heads=8, head_dim=64)
@@ -35,7 +39,13 @@ SWEEP_MAX_GFLOP = 400.0  # ~ a few seconds per call on 2 cores; larger rows are 
 SWEEP_MAX_CALL_S = 2.0  # slower rows (sequential scans) are not timed, except the targets'.
 EFFICIENT = ("linear", "performer", "linformer", "sliding_window")
 T_MEMORY, T_TIME, T_LONG = 16384, 2048, 4096  # targets 2a, 2b, 3
+LONG_ROWS = (  # targets 2 and 3: (types, timed length; None: memory analysis at T_MEMORY only)
+  (("flax_mha", "jax_dpa", "scaled_dot", "memory_efficient"), T_TIME),
+  (("scaled_dot", *EFFICIENT), T_LONG),
+  (("scaled_dot", "memory_efficient"), None),
+)
 REPEATS = 10
+TRAIN_STEPS, TRAIN_WARMUP = 3, 1  # a step of the benchmark model takes seconds on 2 cores
 
 WHY_EFFICIENT = {
   "linear": "φ(k)ᵀv and φ(q)ᵀS are O(T d²) but the element-wise feature maps and the "
@@ -57,25 +67,61 @@ def _yes(ok: bool) -> str:
   return "**yes**" if ok else "**no**"
 
 
-def measure_all(log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Every measurement of docs/benchmarks.md (a few minutes on 2 CPU cores)."""
-  start = time.perf_counter()
-  out: dict[str, Any] = {"machine": machine()}
+def _device(log: Callable[[str], None]) -> dict[str, Any]:
+  out: dict[str, Any] = {"machine": machine(), "date": datetime.date.today().isoformat()}
   out["matmul_gflops_per_s"] = {d: round(matmul_rate(d), 1) for d in ("float32", "bfloat16")}
-  peak = out["matmul_gflops_per_s"]["float32"]
   log(f"{out['machine']}; matmul GFLOP/s {out['matmul_gflops_per_s']}")
+  return out
+
+
+def _finish(out: dict[str, Any], tables: tuple[str, ...], start: float) -> dict[str, Any]:
+  """The matmul rate again, now the rows are in: the best of both is the device's rate (a busy
+  machine lowers it), and utilisation is recomputed against it."""
+  again = {d: round(matmul_rate(d), 1) for d in ("float32", "bfloat16")}
+  out["matmul_gflops_per_s"] = {d: max(v, again[d]) for d, v in out["matmul_gflops_per_s"].items()}
+  peak = out["matmul_gflops_per_s"]["float32"]
+  for name in tables:
+    benchmark.add_ratios(out[name], peak)
+  if "train" in out:
+    tr = out["train"]
+    tr["matmul_gflops_per_s"] = max(tr["matmul_gflops_per_s"], peak)
+    tr["mfu"] = round(tr["achieved_gflops_per_s"] / tr["matmul_gflops_per_s"], 3)
+  out["minutes"] = round((time.perf_counter() - start) / 60, 1)
+  return out
+
+
+def measure_targets(log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The rows of docs/benchmarks.md: what the four CPU targets need (minutes on 2 cores)."""
+  start = time.perf_counter()
+  out = _device(log)
+  peak = out["matmul_gflops_per_s"]["float32"]
   out["mha"] = benchmark.run(
-    ["flax_mha", "jax_dpa", "scaled_dot"],
-    MHA_LENGTHS,
-    MHA,
-    REPEATS,
-    16.0,
-    peak_gflops=peak,
-    log=log,
+    ["flax_mha", "scaled_dot"], MHA_LENGTHS, MHA, REPEATS, 16.0, peak_gflops=peak, log=log
   )
   out["scaled_dot_vs_flax_mha_hlo_diff"] = benchmark.program_difference(
     "scaled_dot", "flax_mha", dataclasses.replace(MHA, length=MHA_LENGTHS[0])
   )
+  out["long"] = []
+  for names, length in LONG_ROWS:
+    out["long"] += benchmark.run(
+      list(names),
+      [length] if length else [],
+      SWEEP,
+      REPEATS,
+      SWEEP_MAX_TEMP_GIB,
+      memory_lengths=[] if length else [T_MEMORY],
+      peak_gflops=peak,
+      log=log,
+    )
+  log("train step ...")
+  out["train"] = benchmark_train.run(steps=TRAIN_STEPS, warmup=TRAIN_WARMUP, profile=True)
+  return _finish(out, ("mha", "long"), start)
+
+
+def measure_all_types(log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The rows of docs/benchmarks_all_types.md: every registered type and both references."""
+  start = time.perf_counter()
+  out = _device(log)
   out["sweep"] = benchmark.run(
     benchmark.resolve_names(["all"]),
     SWEEP_LENGTHS,
@@ -86,23 +132,10 @@ def measure_all(log: Callable[[str], None] = print) -> dict[str, Any]:
     max_call_s=SWEEP_MAX_CALL_S,
     exempt=("flax_mha", "jax_dpa", "scaled_dot", "memory_efficient", *EFFICIENT),
     memory_lengths=MEMORY_LENGTHS,
-    peak_gflops=peak,
+    peak_gflops=out["matmul_gflops_per_s"]["float32"],
     log=log,
   )
-  log("train step ...")
-  out["train"] = benchmark_train.run(profile=True)
-  # The matmul rate again, now the rows are in: the best of both is the device's rate (a
-  # busy machine lowers it), and utilisation is recomputed against it.
-  again = {d: round(matmul_rate(d), 1) for d in ("float32", "bfloat16")}
-  out["matmul_gflops_per_s"] = {d: max(v, again[d]) for d, v in out["matmul_gflops_per_s"].items()}
-  peak = out["matmul_gflops_per_s"]["float32"]
-  for rows in (out["mha"], out["sweep"]):
-    benchmark.add_ratios(rows, peak)
-  tr = out["train"]
-  tr["matmul_gflops_per_s"] = max(tr["matmul_gflops_per_s"], peak)
-  tr["mfu"] = round(tr["achieved_gflops_per_s"] / tr["matmul_gflops_per_s"], 3)
-  out["minutes"] = round((time.perf_counter() - start) / 60, 1)
-  return out
+  return _finish(out, ("sweep",), start)
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -136,7 +169,7 @@ def _targets(m: dict[str, Any]) -> list[str]:
       f"D={MHA.head_dim} | "
       f"{ratio:.2f}x | {_yes(ratio <= 1.0)} | {note} |"
     )
-  sweep = m["sweep"]
+  sweep = m["long"]
   sd16, me16 = _row(sweep, "scaled_dot", T_MEMORY), _row(sweep, "memory_efficient", T_MEMORY)
   shape = f"B={SWEEP.batch} H={SWEEP.heads} D={SWEEP.head_dim}"
   if sd16 and me16 and "temp_bytes" in sd16 and "temp_bytes" in me16:
@@ -250,16 +283,13 @@ def _train_section(tr: dict[str, Any]) -> list[str]:
   return lines
 
 
-def render(m: dict[str, Any]) -> str:
-  today = datetime.date.today().isoformat()
+def _header(m: dict[str, Any], flag: str) -> list[str]:
   rates = m["matmul_gflops_per_s"]
-  lines = [
-    "# Benchmarks",
-    "",
-    f"Measured {today} on {m['machine']}, by `make bench` (`python -m experiments.benchmark "
-    f"--all_cpu_tables`, {m['minutes']} min). Matmul rate of this device (best of 10 calls of "
-    f"a 2048² matmul): {rates['float32']:,.1f} GFLOP/s float32, {rates['bfloat16']:,.1f} "
-    "GFLOP/s bfloat16; `util` = a row's analytic GFLOP/s over the float32 rate.",
+  return [
+    f"Measured {m['date']} on {m['machine']}, by `python -m experiments.benchmark {flag}` "
+    f"({m['minutes']} min). Matmul rate of this device (best of 10 calls of a 2048² matmul): "
+    f"{rates['float32']:,.1f} GFLOP/s float32, {rates['bfloat16']:,.1f} GFLOP/s bfloat16; "
+    "`util` = a row's analytic GFLOP/s over the float32 rate.",
     "",
     "Method: every row is a jitted call on fresh random inputs generated before timing; the "
     "types of one table and length are timed interleaved (one call each per round, order "
@@ -267,7 +297,20 @@ def render(m: dict[str, Any]) -> str:
     "by `block_until_ready`; compile time is measured apart. `temp MiB` is XLA's compiled "
     "temporary memory (`memory_analysis()`); rows over the memory or FLOP budget are compiled "
     "but not run. FLOPs are analytic per type (`FORWARD_FLOPS` in `experiments/benchmark.py`, "
-    "projections included; fwd+bwd = 3x forward). Raw rows: `docs/benchmarks.json`.",
+    "projections included; fwd+bwd = 3x forward).",
+    "",
+  ]
+
+
+def render_targets(m: dict[str, Any]) -> str:
+  shape = f"B={SWEEP.batch} H={SWEEP.heads} D={SWEEP.head_dim}"
+  lines = [
+    "# Benchmarks",
+    "",
+    *_header(m, "--cpu_targets"),
+    f"This is `make bench`: the rows the targets need. Every registered type at T=1024-4096, "
+    f"with the time and memory plots, is in [{ALL_TYPES_DOC}]({ALL_TYPES_DOC}) (`make "
+    "bench_all`). Raw rows: `docs/benchmarks.json`.",
     "",
     "## Targets",
     "",
@@ -275,9 +318,8 @@ def render(m: dict[str, Any]) -> str:
     "",
     "## Multi-head attention with projections, fwd+bwd, float32 (target 1)",
     "",
-    "References: `flax_mha` = `flax.linen.MultiHeadDotProductAttention`; `jax_dpa` = "
-    "`jax.nn.dot_product_attention` on already-projected q, k, v (no projections, XLA "
-    "implementation on CPU).",
+    "Reference: `flax_mha` = `flax.linen.MultiHeadDotProductAttention`, with the same q/k/v/out "
+    "projections as every registered type.",
     "",
     benchmark.table(m["mha"]),
     "",
@@ -294,20 +336,38 @@ def render(m: dict[str, Any]) -> str:
     "core's CPU time in a trial, and the projections are unchanged; the 0.8x aim would need a "
     "fused attention kernel that XLA:CPU does not have.",
     "",
-    "## Every registered type, fwd+bwd, B=1 H=8 D=64, float32 (targets 2 and 3)",
+    f"## Long sequences, fwd+bwd, {shape}, float32 (targets 2 and 3)",
     "",
-    f"Rows over {SWEEP_MAX_TEMP_GIB:g} GiB of temporary memory or {SWEEP_MAX_GFLOP:g} GFLOP are "
-    f"compiled but not run, rows whose first call takes over {SWEEP_MAX_CALL_S:g} s are not "
-    "timed (except the references and the types of targets 2 and 3); "
-    f"T={', '.join(str(t) for t in MEMORY_LENGTHS)}: memory analysis only.",
+    "References at T=2048: `flax_mha` and `jax_dpa` = `jax.nn.dot_product_attention` on "
+    f"already-projected q, k, v (no projections, XLA implementation on CPU). T={T_MEMORY}: "
+    "memory analysis only.",
+    "",
+    benchmark.table(m["long"]),
+    "",
+    *_train_section(m["train"]),
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def render_all_types(m: dict[str, Any]) -> str:
+  lines = [
+    "# Benchmarks: every registered type",
+    "",
+    *_header(m, "--cpu_all_types"),
+    f"This is `make bench_all`; the targets are in [{TARGETS_DOC}]({TARGETS_DOC}). Rows over "
+    f"{SWEEP_MAX_TEMP_GIB:g} GiB of temporary memory or {SWEEP_MAX_GFLOP:g} GFLOP are compiled "
+    f"but not run, rows whose first call takes over {SWEEP_MAX_CALL_S:g} s are not timed (except "
+    "the references and the types of targets 2 and 3); "
+    f"T={', '.join(str(t) for t in MEMORY_LENGTHS)}: memory analysis only. Raw rows: "
+    "`docs/benchmarks_all_types.json`.",
+    "",
+    f"## fwd+bwd, B={SWEEP.batch} H={SWEEP.heads} D={SWEEP.head_dim}, float32",
     "",
     benchmark.table(m["sweep"]),
     "",
     "![time against length](benchmark_time.png)",
     "",
     "![temporary memory against length](benchmark_memory.png)",
-    "",
-    *_train_section(m["train"]),
   ]
   return "\n".join(lines) + "\n"
 
@@ -340,22 +400,35 @@ def compose(measured_doc: str, old: str) -> str:
   return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
-def write_all(docs: str = DOCS, measured: dict[str, Any] | None = None) -> str:
-  """Measures (unless given `measured`) and rewrites `docs`/benchmarks.md, .json and the plots."""
-  measured = measured or measure_all()
-  path = os.path.join(docs, "benchmarks.md")
-  old = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
+def _read(path: str) -> str:
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    return f.read()
+
+
+def _write(docs: str, name: str, text: str, measured: dict[str, Any]) -> str:
+  path = os.path.join(docs, name)
   with open(path, "w") as f:
-    f.write(compose(render(measured), old))
-  with open(os.path.join(docs, "benchmarks.json"), "w") as f:
+    f.write(text)
+  with open(os.path.join(docs, name.replace(".md", ".json")), "w") as f:
     json.dump(measured, f, indent=1)
-  benchmark.plot(
-    measured["sweep"],
-    os.path.join(docs, "benchmark"),
-    title="fwd+bwd, B=1 H=8 D=64, float32",
-  )
   print(f"wrote {path} ({measured['minutes']} min); registered types: {len(attention.REGISTRY)}")
   return path
+
+
+def write_targets(docs: str = DOCS, measured: dict[str, Any] | None = None) -> str:
+  """Measures (unless given `measured`) and rewrites `docs`/benchmarks.md and .json."""
+  measured = measured or measure_targets()
+  old = _read(os.path.join(docs, TARGETS_DOC))
+  return _write(docs, TARGETS_DOC, compose(render_targets(measured), old), measured)
+
+
+def write_all_types(docs: str = DOCS, measured: dict[str, Any] | None = None) -> str:
+  """Measures (unless given `measured`) and rewrites `docs`/benchmarks_all_types.md, .json and
+  the plots."""
+  measured = measured or measure_all_types()
+  benchmark.plot(
+    measured["sweep"], os.path.join(docs, "benchmark"), title="fwd+bwd, B=1 H=8 D=64, float32"
+  )
+  return _write(docs, ALL_TYPES_DOC, render_all_types(measured), measured)

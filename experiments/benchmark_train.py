@@ -5,7 +5,7 @@
 The model: d=512, 8 heads, 6 layers, MLP 2048, T=512 (`SETTINGS`), the `decoder_lm` family when
 it is registered, else the `transformer` encoder-decoder with source length = target length = T
 (the result names the one used). Steps run through `experiments.train`'s jitted train step
-(AdamW, gradient clipping) on random tokens; the median of `steps` timed steps after 2 warm-up.
+(AdamW, gradient clipping) on random tokens; the median of `steps` timed steps after `warmup`.
 
 Model FLOP utilisation (MFU) = model FLOP/s over the device's measured matmul rate. Model FLOPs
 per token = 6 N + 12 L d T (Chowdhery et al. 2022, PaLM, appendix B: N parameters used in matmuls,
@@ -88,11 +88,12 @@ def run(
   vocab: int = 8192,
   dtype: str = "float32",
   steps: int = 5,
+  warmup: int = 2,
   profile: bool = False,
   settings: dict[str, int] | None = None,
   name: str | None = None,
 ) -> dict[str, Any]:
-  """Times `steps` train steps after 2 warm-up steps; returns tokens/s, step time and MFU."""
+  """Times `steps` train steps after `warmup` steps; returns tokens/s, step time and MFU."""
   settings = settings or SETTINGS
   name = name or family()
   config = model_config(name, batch, dtype, settings)
@@ -102,7 +103,7 @@ def run(
   model = models.build(config.model, info)
   mesh = sharding.make_mesh(config.mesh.shape)
   tx = optim.create(config.optimizer, 1000)
-  batches = _batches(name, batch, t, vocab, steps + 2)
+  batches = _batches(name, batch, t, vocab, steps + warmup)
   with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
     state, state_sharding = train.create_state(config, model, tx, mesh, batches[0])
     step = train.make_steps(config, kind, state_sharding, mesh).train
@@ -114,7 +115,7 @@ def run(
       start = time.perf_counter()
       state, _, _ = executable(state, b)
       jax.block_until_ready(state)
-      if i >= 2:
+      if i >= warmup:
         times.append(time.perf_counter() - start)
     where = None
     if profile:

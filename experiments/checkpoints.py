@@ -35,28 +35,39 @@ class NoGoodCheckpointError(RuntimeError):
   pass
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+def _leaf_fingerprint(x, xp=jnp):
   """uint32 sum of the array's bits, each element weighted by an odd number from its position:
-  any change of one element changes it; independent of sharding (integer sums wrap exactly)."""
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  x = jnp.asarray(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-  bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
-  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) | jnp.uint32(1)
-  return jnp.sum(bits * weights, dtype=jnp.uint32)
+  any change of one element changes it; independent of sharding (integer sums wrap exactly).
+  `xp` is jax.numpy (jitted, for arrays spread over processes) or numpy (host arrays)."""
+  if x.dtype == np.bool_:
+    x = x.astype(np.uint8)
+  unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
+  bits = x.view(unsigned).astype(np.uint32).reshape(-1)
+  weights = xp.arange(bits.size, dtype=np.uint32) * np.uint32(0x9E3779B9) | np.uint32(1)
+  return xp.sum(bits * weights, dtype=np.uint32)
 
 
 @jax.jit
-def _fingerprints(tree) -> list[jax.Array]:
-  return [_leaf_fingerprint(x) for x in jax.tree.leaves(tree)]
+def _fingerprints(leaves) -> list[jax.Array]:
+  return [_leaf_fingerprint(x) for x in leaves]
+
+
+def _on_host(x) -> bool:
+  return not isinstance(x, jax.Array) or (
+    x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())
+  )
 
 
 def fingerprint(tree) -> list[int]:
-  """One uint32 per array of `tree` (all processes must call it: it runs a jitted reduction)."""
-  return [int(v) for v in jax.device_get(_fingerprints(tree))]
+  """One uint32 per array of `tree`. Arrays in this process's CPU memory are summed by numpy
+  (nothing to compile); otherwise every process must call it: it runs a jitted reduction."""
+  leaves = [
+    jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.asarray(x)
+    for x in jax.tree.leaves(tree)
+  ]
+  if all(_on_host(x) for x in leaves):
+    return [int(_leaf_fingerprint(np.asarray(x), np)) for x in leaves]
+  return [int(v) for v in jax.device_get(_fingerprints(leaves))]
 
 
 def _short(error: BaseException) -> str:

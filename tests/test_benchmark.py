@@ -129,7 +129,7 @@ def _fake_measurements() -> dict:
     for t in (512, 1024, 2048)
     for n in ("flax_mha", "scaled_dot")
   ]
-  sweep = [
+  long = [
     row("scaled_dot", 2048, 100.0, 2**30),
     row("memory_efficient", 2048, 150.0, 2**26),
     row("scaled_dot", 4096, 400.0, 2**32, flops=1e11),
@@ -146,8 +146,9 @@ def _fake_measurements() -> dict:
     "wall_ms": 90.0,
   }
   return {
-    "machine": "test machine", "matmul_gflops_per_s": {"float32": 100.0, "bfloat16": 50.0},
-    "mha": mha, "scaled_dot_vs_flax_mha_hlo_diff": 0, "sweep": sweep, "train": train,
+    "machine": "test machine", "date": "2026-01-02",
+    "matmul_gflops_per_s": {"float32": 100.0, "bfloat16": 50.0},
+    "mha": mha, "scaled_dot_vs_flax_mha_hlo_diff": 0, "long": long, "train": train,
     "minutes": 1.0,
   }  # fmt: skip
 
@@ -155,9 +156,9 @@ def _fake_measurements() -> dict:
 def test_doc_states_the_targets_and_keeps_other_sections(tmp_path):
   old = "# old\n\n## Input pipeline\n\nrates\n\n## GPU\n\nH100 numbers\n\n## Stale\n\nx\n"
   (tmp_path / "benchmarks.md").write_text(old)
-  benchmark_report.write_all(str(tmp_path), _fake_measurements())
+  benchmark_report.write_targets(str(tmp_path), _fake_measurements())
   doc = (tmp_path / "benchmarks.md").read_text()
-  assert "test machine" in doc and "## Targets" in doc
+  assert "Measured 2026-01-02 on test machine" in doc and "## Targets" in doc
   assert "| 1. scaled_dot fwd+bwd ≤ 1.0x flax_mha (aim 0.8x), T=2048" in doc
   assert "1/64 | **yes**" in doc  # 2a: 2^30 / 2^36
   assert "| 1.50x | **yes**" in doc  # 2b
@@ -165,5 +166,16 @@ def test_doc_states_the_targets_and_keeps_other_sections(tmp_path):
   assert "30% | **no**" in doc and "MFU is below 40%" in doc  # 4
   assert "## Input pipeline\n\nrates" in doc and "## GPU\n\nH100 numbers" in doc
   assert "Stale" not in doc
-  for name in ("benchmarks.json", "benchmark_time.png", "benchmark_memory.png"):
+  assert os.path.getsize(tmp_path / "benchmarks.json") > 0
+
+
+def test_all_types_doc_has_every_row_and_the_plots(tmp_path):
+  measured = _fake_measurements()
+  measured["sweep"] = measured.pop("long")
+  benchmark_report.write_all_types(str(tmp_path), measured)
+  doc = (tmp_path / "benchmarks_all_types.md").read_text()
+  assert "Measured 2026-01-02 on test machine" in doc and "(benchmarks.md)" in doc
+  table = [ln for ln in doc.splitlines() if ln.startswith("| ") and "fwd_bwd" in ln]
+  assert len(table) == len(measured["sweep"])
+  for name in ("benchmarks_all_types.json", "benchmark_time.png", "benchmark_memory.png"):
     assert os.path.getsize(tmp_path / name) > 0

@@ -366,3 +366,27 @@ def test_signal_handlers_request_a_stop_and_are_restored():
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
   with preemption.handlers():
     assert not preemption.stop_requested()  # a new run starts without the old request
+
+
+def test_fingerprint_is_the_same_on_the_host_and_jitted_and_sees_one_changed_bit():
+  import jax
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(0)
+  tree = {
+    "w": jnp.asarray(rng.normal(size=(30, 7)), jnp.float32),
+    "h": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
+    "mask": jnp.array([True, False, True]),
+    "count": jnp.int32(5),
+    "key": jax.random.key(3),
+  }
+  host = checkpoints.fingerprint(tree)  # CPU arrays of this process: numpy, nothing compiled
+  leaves = [
+    jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    for x in jax.tree.leaves(tree)
+  ]
+  assert host == [int(v) for v in checkpoints._fingerprints(leaves)]  # the multi-process path
+  flipped = np.asarray(tree["w"]).view(np.uint32).copy()
+  flipped[12, 3] ^= 1  # one bit of one element
+  changed = checkpoints.fingerprint({**tree, "w": jnp.asarray(flipped.view(np.float32))})
+  assert [a != b for a, b in zip(host, changed, strict=True)].count(True) == 1
