@@ -1,7 +1,7 @@
 """Attention types compared on the embedded reverse task: `make demo` (minutes on 2 CPU cores).
 
     python main.py --config=configs/compare_reverse.py --workdir=runs/compare --sweep
-    python main.py --config=configs/compare_reverse.py:steps=300 --workdir=runs/quick --sweep
+    python main.py --config=configs/compare_reverse.py:steps=100 --workdir=runs/quick --sweep
     python -m experiments.report runs/compare
 
 A smaller version of configs/default.py (reversing 4-12 symbols, 300 steps of 32 examples): the
