@@ -735,7 +735,7 @@ def plot(rows: Sequence[dict[str, Any]], prefix: str, title: str = "") -> list[s
       ax.plot(xs, ys, marker=marker, color=color, label=name, linestyle=dashed, markersize=4)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    lengths = sorted({r["length"] for r in rows})
+    lengths = sorted({r["length"] for r in rows if r.get(key, -1) > 0})
     ax.set_xticks(lengths, [str(t) for t in lengths])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("sequence length T (tokens)")
