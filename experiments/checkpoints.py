@@ -52,19 +52,19 @@ def _fingerprints(leaves) -> list[jax.Array]:
   return [_leaf_fingerprint(x) for x in leaves]
 
 
-def _on_host(x) -> bool:
-  return not isinstance(x, jax.Array) or (
-    x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())
-  )
+def _bits_array(x) -> jax.Array:
+  x = jnp.asarray(x)
+  return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
+
+def _on_host(x: jax.Array) -> bool:
+  return x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())
 
 
 def fingerprint(tree) -> list[int]:
   """One uint32 per array of `tree`. Arrays in this process's CPU memory are summed by numpy
   (nothing to compile); otherwise every process must call it: it runs a jitted reduction."""
-  leaves = [
-    jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.asarray(x)
-    for x in jax.tree.leaves(tree)
-  ]
+  leaves = [_bits_array(x) for x in jax.tree.leaves(tree)]
   if all(_on_host(x) for x in leaves):
     return [int(_leaf_fingerprint(np.asarray(x), np)) for x in leaves]
   return [int(v) for v in jax.device_get(_fingerprints(leaves))]

@@ -378,13 +378,11 @@ def test_fingerprint_is_the_same_on_the_host_and_jitted_and_sees_one_changed_bit
     "h": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
     "mask": jnp.array([True, False, True]),
     "count": jnp.int32(5),
+    "python_int": 7,
     "key": jax.random.key(3),
   }
   host = checkpoints.fingerprint(tree)  # CPU arrays of this process: numpy, nothing compiled
-  leaves = [
-    jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
-    for x in jax.tree.leaves(tree)
-  ]
+  leaves = [checkpoints._bits_array(x) for x in jax.tree.leaves(tree)]
   assert host == [int(v) for v in checkpoints._fingerprints(leaves)]  # the multi-process path
   flipped = np.asarray(tree["w"]).view(np.uint32).copy()
   flipped[12, 3] ^= 1  # one bit of one element
