@@ -30,6 +30,7 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
   `_scores.ScoredAttention`, which only asks them for their scores.
 """
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -56,6 +57,9 @@ class Attention(nn.Module):
   # the design mixes key positions before masking (e.g. a learned projection along the length).
   padding_invariant: ClassVar[bool] = True
   stateful: ClassVar[bool] = False  # keeps state between calls in `attention_state`
+  # Forms attention weights that `dropout_rate` drops. False for types with no weights (the
+  # kernelised ones): they ignore the rate and warn when given one (`warn_no_dropout`).
+  drops_weights: ClassVar[bool] = True
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size
@@ -122,6 +126,15 @@ class Attention(nn.Module):
     from models.attention import masks
 
     return masks.combine(mask, masks.causal_mask(q_len, kv_len) if self.causal else None)
+
+  def warn_no_dropout(self) -> None:
+    """For types that form no weights: say once that a `dropout_rate` is ignored."""
+    if self.dropout_rate > 0.0:
+      warnings.warn(
+        f"{type(self).__name__} forms no attention weights; dropout_rate={self.dropout_rate} "
+        "is ignored",
+        stacklevel=2,
+      )
 
   def weights_dropout(self, weights: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
     if self.dropout_rate > 0.0 and not deterministic:

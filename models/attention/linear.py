@@ -71,6 +71,7 @@ class KernelAttention(Attention):
   """Shared call of the kernelised types: subclasses define `feature_maps(q, k, valid)`."""
 
   dense_mask = False
+  drops_weights = False  # no weights are formed, so there is nothing to drop
   chunk_size: int = 64  # causal prefix sums: exact within chunks of this many positions
 
   def feature_maps(self, q, k, valid):  # pragma: no cover - abstract
@@ -79,6 +80,7 @@ class KernelAttention(Attention):
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, mask=None, deterministic=True):
     del deterministic  # no weights, no dropout
+    self.warn_no_dropout()
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     q, k, v = self.project_qkv(inputs_q, inputs_kv)
     valid = masks.key_padding(mask, k.shape[1])
