@@ -6,16 +6,14 @@ import os
 from typing import Any
 
 import matplotlib
+import numpy as np
+
+from experiments import stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
-
-
-def label(row: dict[str, Any]) -> str:
-  """A short legend entry: the swept values (the point's name when nothing was swept)."""
-  return " / ".join(str(v) for v in row["swept"].values()) or row["point"]
 
 
 def eval_curve(run_dir: str, metric: str) -> tuple[list[int], list[float], list[float]]:
@@ -41,27 +39,43 @@ def _legend_outside(ax, **kwargs) -> Any:
   return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, **kwargs)
 
 
-def curves(rows: list[dict[str, Any]], metric: str, path: str) -> str:
-  """Eval `metric` against step and against wall-clock seconds, one line per run (runs that did
-  not finish dashed)."""
+def _mean_curve(runs: list[dict[str, Any]], x_of) -> tuple[np.ndarray, ...]:
+  """(x, mean, std) over `runs` at the evaluation steps all of them have; x averaged."""
+  curves = [dict(r["curve"]) for r in runs]
+  steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  values = np.asarray([[c[s] for s in steps] for c in curves], float)
+  xs = np.asarray([[x_of(r, s) for s in steps] for r in runs], float)
+  std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
+  return xs.mean(0), values.mean(0), std
+
+
+def curves(groups: list[Any], metric: str, path: str) -> str:
+  """Validation `metric` against step and against training time (steps at each run's
+  steady-state rate), one line per group: the mean over its seeds, a band of ± one std."""
   fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-  for r, (color, marker) in zip(rows, styles(len(rows)), strict=True):
-    steps, walls, values = eval_curve(r["dir"], metric)
-    if not steps:
+  groups = [g for g in groups if g.runs]
+  for g, (color, marker) in zip(groups, styles(len(groups)), strict=True):
+    runs = [r for r in g.runs.values() if r["curve"]]
+    if not runs:
       continue
-    dashes = "-" if r["status"] == "finished" else "--"
-    style = {"marker": marker, "markersize": 4, "color": color, "linestyle": dashes}
-    by_step.plot(steps, values, label=label(r), **style)
-    by_time.plot(walls, values, **style)
+    style = {"marker": marker, "markersize": 4, "color": color}
+    x, mean, std = _mean_curve(runs, lambda r, s: s)
+    by_step.plot(x, mean, label=f"{g.name} (n={len(runs)})", **style)
+    by_step.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+    timed = [r for r in runs if r.get("steady_steps_per_sec")]
+    if timed:
+      x, mean, std = _mean_curve(timed, lambda r, s: s / r["steady_steps_per_sec"])
+      by_time.plot(x, mean, **style)
+      by_time.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
   by_step.set_xlabel("training step")
-  by_time.set_xlabel("wall-clock time since the run started (s, incl. compilation)")
-  by_step.set_ylabel(metric)
-  by_step.set_title(f"{metric} by step", fontsize=10)
-  by_time.set_title(f"{metric} by time", fontsize=10)
+  by_time.set_xlabel("training time at the steady-state rate (s; no compilation, no eval)")
+  by_step.set_ylabel(f"{metric} (validation)")
+  by_step.set_title(f"{metric} by step (mean ± std over seeds)", fontsize=10)
+  by_time.set_title(f"{metric} by training time", fontsize=10)
   for ax in (by_step, by_time):
     ax.grid(alpha=0.3)
   fig.legend(*by_step.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(0.83, 0.93),
-             fontsize=8, title="run (dashed: unfinished)", title_fontsize=8)  # fmt: skip
+             fontsize=8, title="group (seeds)", title_fontsize=8)  # fmt: skip
   fig.tight_layout(rect=(0, 0, 0.82, 1))
   fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend may reach past the figure
   plt.close(fig)
@@ -119,30 +133,41 @@ def _place_labels(fig, ax, points: list[tuple[float, float, float, str]]) -> Non
     placed.append(best[2])
 
 
-def tradeoff(rows: list[dict[str, Any]], metric: str, speed: str, path: str) -> str:
-  """Best `metric` against training throughput (`speed`: steps_per_sec | tokens_per_sec), marker
-  area proportional to peak memory, each point labelled (the Long Range Arena Figure 3 view)."""
-  rows = [r for r in rows if r.get(speed) and r.get("best") is not None]
+def tradeoff(view: Any, groups: list[Any], speed: str, path: str) -> str:
+  """A view's metric (mean, 95% CI over seeds) against training throughput (`speed`:
+  steps_per_sec | tokens_per_sec; steady-state median over seeds, bootstrap 95% interval), marker
+  area proportional to peak memory, each group labelled (the Long Range Arena Figure 3 view)."""
+  points = []
+  for r in view.rows:
+    rates = [x[f"steady_{speed}"] for x in r.group.runs.values() if x.get(f"steady_{speed}")]
+    if r.summary is None or not rates:
+      continue
+    rate = stats.summarize(rates, "median")
+    memory = max(x["peak_memory_mib"] for x in r.group.runs.values())
+    points.append((r, rate, memory))
   fig, ax = plt.subplots(figsize=(10, 6))
-  peak = max(r["peak_memory_mib"] for r in rows)
+  peak = max((m for _, _, m in points), default=1.0)
   area = lambda mib: 30 + 900 * mib / peak  # noqa: E731
   labelled = []
-  for r, (color, marker) in zip(rows, styles(len(rows)), strict=True):
-    size = area(r["peak_memory_mib"])
-    ax.scatter(r[speed], r["best"], s=size, alpha=0.55, color=color, marker=marker,
-               edgecolors="black", linewidths=0.5)  # fmt: skip
-    labelled.append((r[speed], r["best"], size, label(r)))
-  speeds = [r[speed] for r in rows]
-  if min(speeds) > 0 and max(speeds) / min(speeds) > 20:
+  for (r, rate, memory), (color, marker) in zip(points, styles(len(points)), strict=True):
+    y, x = r.summary.center, rate.center
+    yerr = [[y - r.summary.low], [r.summary.high - y]] if r.summary.low is not None else None
+    xerr = [[x - rate.low], [rate.high - x]] if rate.low is not None else None
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=3)
+    ax.scatter(x, y, s=area(memory), alpha=0.55, color=color, marker=marker,
+               edgecolors="black", linewidths=0.5, zorder=3)  # fmt: skip
+    labelled.append((x, y, area(memory), f"{r.group.name} (n={r.summary.n})"))
+  speeds = [rate.center for _, rate, _ in points]
+  if speeds and min(speeds) > 0 and max(speeds) / min(speeds) > 20:
     ax.set_xscale("log")
   ax.margins(x=0.15, y=0.12)
-  for mib in sorted({peak, min(r["peak_memory_mib"] for r in rows)}):
+  for mib in sorted({peak, min((m for _, _, m in points), default=peak)}):
     ax.scatter([], [], s=area(mib), color="gray", alpha=0.4, label=f"{mib:,.1f} MiB")
   _legend_outside(ax, title="peak memory", title_fontsize=8, labelspacing=2.0, borderpad=1.2,
                   handletextpad=1.5)  # fmt: skip
   unit = "tokens/s" if speed == "tokens_per_sec" else "steps/s"
-  ax.set_xlabel(f"training throughput ({unit})")
-  ax.set_ylabel(f"best {metric}")
+  ax.set_xlabel(f"training throughput ({unit}, steady state, median over seeds)")
+  ax.set_ylabel(f"{view.metric} (mean over seeds, 95% CI)")
   ax.set_title(f"quality vs speed (marker area ∝ peak memory, largest {peak:,.1f} MiB)", size=10)
   ax.grid(alpha=0.3)
   fig.tight_layout()

@@ -1,12 +1,16 @@
 """One report comparing the points of a sweep (or any runs in the folders of a directory).
 
-    python -m experiments.report DIR [--max_maps=N] [--speed=steps_per_sec] [--top=K]
+    python -m experiments.report DIR [--baseline=NAME] [--test=t|wilcoxon] [--max_maps=N]
+                                     [--speed=steps_per_sec] [--top=K]
 
-writes DIR/report/: report.md and results.csv (one row per run, best first by the main metric,
-the best value of each column in bold), curves.png (eval metric against step and wall-clock
-time), tradeoff.png (metric against throughput, marker area = peak memory: the Long Range Arena
-view) and attention_<point>.png (attention maps of one fixed eval example), then prints where the
-report is and the top rows of its table.
+writes DIR/report/: report.md, with the protocol first (seeds, the split that selects, the split
+that reports), then the groups (runs that differ only in seed) compared under equal steps (test
+split), equal training time and equal FLOPs (`experiments.comparison`): mean ± std, 95%
+intervals, paired differences to the baseline with Holm-corrected p-values and a verdict; then
+results.csv (one row per run), curves.png (validation metric by step and by training time, a band
+across seeds), tradeoff.png (test metric against throughput with intervals, marker area = peak
+memory: the Long Range Arena view), attention_<point>.png (one fixed validation example, one run
+per group) and a table of every run. Prints where the report is and the top rows of its table.
 """
 
 import argparse
@@ -20,7 +24,7 @@ from typing import Any
 
 from absl import logging
 
-from experiments import attention_maps, plots, tasks
+from experiments import attention_maps, comparison, plots, stats, tasks
 
 # Whether higher or lower is better, per main metric (results.json names it).
 MODES = {f"eval/{name}": mode for name, mode in tasks.MAIN_METRIC.values()} | {"eval/bleu": "max"}
@@ -35,6 +39,7 @@ def _f(spec: str) -> Callable[[Any], str]:
 COLUMNS = [
   ("final", "final", "main", _f(".4f")),
   ("best", "best", "main", _f(".4f")),
+  ("test", "test", "main", _f(".4f")),
   ("eval_loss", "eval loss", "min", _f(".4f")),
   ("params", "params", None, _f(",")),
   ("steps_per_sec", "steps/s", "max", _f(",.1f")),
@@ -44,9 +49,10 @@ COLUMNS = [
   ("wall_seconds", "wall (s)", "min", _f(",.1f")),
   ("status", "status", None, str),
 ]
-CSV_COLUMNS = ["main_metric", "final", "best", "best_step", "eval_loss", "params",
-               "steps_per_sec", "tokens_per_sec", "peak_memory_mib", "compile_seconds",
-               "wall_seconds", "status"]  # fmt: skip
+CSV_COLUMNS = ["seed", "main_metric", "final", "best", "best_step", "test", "eval_loss",
+               "params", "steps_per_sec", "steady_steps_per_sec", "tokens_per_sec",
+               "flops_per_step", "peak_memory_mib", "compile_seconds", "wall_seconds",
+               "status"]  # fmt: skip
 
 
 def _read_json(path: str) -> Any:
@@ -92,20 +98,32 @@ def collect(directory: str) -> list[dict[str, Any]]:
     if has("results.json"):
       r = _read_json(os.path.join(run, "results.json"))
       main = r["main_metric"]
+      test = r.get("test") or {}
       row |= {
         "status": r.get("status", "finished"),
+        "seed": row["swept"].get("seed", r["config"].get("seed")),
+        "steps": r["step"],
         "main_metric": main,
         "final": r["metrics"].get(main),
         "best": (r.get("best") or r["metrics"]).get(main),
         "best_step": r.get("best_step"),
+        "test": test.get(main.replace("eval/", "test/", 1)),
+        "test_metrics": test,
+        "splits": r.get("splits", {}),
         "eval_loss": r["metrics"].get("eval/loss"),
         "params": r["params"],
         "steps_per_sec": r["throughput"]["steps_per_sec"],
+        "steady_steps_per_sec": r["throughput"].get("steady_steps_per_sec"),
         "tokens_per_sec": r["throughput"]["tokens_per_sec"],
+        "flops_per_step": r.get("flops_per_step"),
         "peak_memory_mib": r["peak_memory_bytes"] / 2**20,
         "compile_seconds": r["compile_seconds"],
         "wall_seconds": r["wall_seconds"],
+        "curve": list(zip(*plots.eval_curve(run, main)[::2], strict=True)),
       }
+      steady = row["steady_steps_per_sec"]
+      per_step = row["tokens_per_sec"] / row["steps_per_sec"] if row["steps_per_sec"] else None
+      row["steady_tokens_per_sec"] = steady * per_step if steady and per_step else None
     elif has("error.txt"):
       row["status"] = f"failed: {_error_line(os.path.join(run, 'error.txt'))}"
     elif time.time() - _newest_write(run) < RUNNING_SECONDS:
@@ -180,12 +198,15 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
       )
 
 
-def _maps(rows: list[dict[str, Any]], out: str, max_maps: int | None) -> tuple[list, list]:
-  """Draws attention maps; returns ([(point, file)], [(point, why there is none)])."""
+def _maps(groups: list[comparison.Group], out: str, max_maps: int | None) -> tuple[list, list]:
+  """Draws one attention map per group (its lowest seed); returns ([(group, file)],
+  [(group, why there is none)])."""
   drawn, missing = [], []
-  for r in [r for r in rows if r["status"] == "finished"][:max_maps]:
+  for g in [g for g in groups if g.runs][:max_maps]:
+    r = g.runs[min(g.runs)]
+    label = f"{g.name} (seed {r['seed']})"
     if not os.path.isdir(os.path.join(r["dir"], "checkpoints")):
-      missing.append((r["point"], "no checkpoints"))
+      missing.append((label, "no checkpoints"))
       continue
     try:
       path = attention_maps.draw(r["dir"], os.path.join(out, f"attention_{r['point']}.png"))
@@ -194,15 +215,111 @@ def _maps(rows: list[dict[str, Any]], out: str, max_maps: int | None) -> tuple[l
       logging.exception("no attention map for %s", r["point"])
       path, why = None, f"{type(e).__name__}: {e}".splitlines()[0][:160]
     if path:
-      drawn.append((r["point"], os.path.basename(path)))
+      drawn.append((label, os.path.basename(path)))
     else:
-      missing.append((r["point"], why))
+      missing.append((label, why))
   return drawn, missing
 
 
-def write_report(directory: str, max_maps: int | None = None, speed: str = "tokens_per_sec") -> str:
-  """Writes DIR/report/ (maps for the first `max_maps` finished runs, all if None); returns the
-  path of report.md."""
+def _pm(summary: stats.Summary | None, fmt: str = ".4f") -> str:
+  if summary is None:
+    return ""
+  if summary.std is None:
+    return format(summary.center, fmt)
+  return f"{summary.center:{fmt}} ± {summary.std:{fmt}}"
+
+
+def _interval(low: float | None, high: float | None, n: int, fmt: str = ".4f") -> str:
+  if low is None:
+    return f"n = {n}: no interval"
+  return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def _p(p: float | None) -> str:
+  if p is None:
+    return ""
+  return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _seeds(group: comparison.Group) -> str:
+  text = ", ".join(str(s) for s in sorted(group.runs)) or "none"
+  return text + (f" ({len(group.missing)} missing)" if group.missing else "")
+
+
+def view_table(view: comparison.View, extra: dict[str, dict[str, str]] | None = None) -> str:
+  """A view's rows: group, seeds, mean ± std, interval, paired difference to the baseline with
+  its interval, Holm-adjusted p-value and verdict (+ `extra[column][group name]` columns)."""
+  extra = extra or {}
+  headers = ["group", "n", "seeds", f"{view.metric} mean ± std", "95% CI",
+             "Δ vs baseline [95% CI]", "p (Holm)", "verdict", *extra]  # fmt: skip
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  for r in view.rows:
+    n = r.summary.n if r.summary else 0
+    ci = _interval(r.summary.low, r.summary.high, n) if r.summary else "no finished run"
+    d = r.difference
+    delta = (
+      ""
+      if d is None
+      else f"{d.mean:+.4f} "
+      + (_interval(d.low, d.high, d.n, "+.4f") if d.low is not None else "(one shared seed)")
+    )
+    cells = [f"**{r.group.name}**" if r is view.baseline else r.group.name, str(n),
+             _seeds(r.group), _pm(r.summary), ci, delta, _p(r.p_adjusted), r.verdict,
+             *(column.get(r.group.name, "") for column in extra.values())]  # fmt: skip
+    lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+  return "\n".join(lines)
+
+
+def _group_extras(groups: list[comparison.Group], speed: str) -> dict[str, dict[str, str]]:
+  """Validation, speed and memory columns of the main table (median over seeds for timings)."""
+  out: dict[str, dict[str, str]] = {"validation (best) mean ± std": {}, f"{speed} (median)": {},
+                                    "peak memory (MiB)": {}}  # fmt: skip
+  for g in groups:
+    runs = list(g.runs.values())
+    if not runs:
+      continue
+    out["validation (best) mean ± std"][g.name] = _pm(stats.summarize([r["best"] for r in runs]))
+    rates = [r[f"steady_{speed}"] for r in runs if r.get(f"steady_{speed}")]
+    if rates:
+      out[f"{speed} (median)"][g.name] = f"{stats.summarize(rates, 'median').center:,.1f}"
+    out["peak memory (MiB)"][g.name] = f"{max(r['peak_memory_mib'] for r in runs):,.1f}"
+  return out
+
+
+def protocol(
+  rows: list[dict[str, Any]], groups: list[comparison.Group], baseline, metric: str, test: str
+) -> str:
+  """The report's first paragraph: how every number below was obtained."""
+  finished = [r for r in rows if r["status"] == "finished"]
+  seeds = sorted({r["seed"] for r in finished if r.get("seed") is not None})
+  steps = sorted({r["steps"] for r in finished})
+  splits = next((r["splits"] for r in finished if r.get("splits")), {})
+  where = "; ".join(f"{k}: {v}" for k, v in splits.items())
+  with_test = sum(r.get("test") is not None for r in finished)
+  test_name = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}[test]
+  return (
+    f"**Protocol.** {len(groups)} groups (runs that differ only in seed) × seeds "
+    f"{', '.join(map(str, seeds)) or 'none'}; {len(finished)} finished runs of "
+    f"{', '.join(f'{s:,}' for s in steps)} steps. The checkpoint is **selected on the validation "
+    f"split** (best `{metric}`) and **reported on the test split**, evaluated once at that "
+    f"checkpoint ({with_test} of {len(finished)} runs have a test evaluation); nothing is "
+    f"selected on test. Splits: {where or 'not recorded'}. Intervals: 95%, Student's t over "
+    f"seeds (n = 1: none). Baseline: **{baseline.name if baseline else 'none'}**; every other "
+    f"group is compared with it by a {test_name} over the seeds both have, p-values "
+    f"Holm-corrected over the {max(len(groups) - 1, 0)} comparisons, verdict at α = "
+    f"{stats.ALPHA}.\n"
+  )
+
+
+def write_report(
+  directory: str,
+  max_maps: int | None = None,
+  speed: str = "tokens_per_sec",
+  baseline: str | None = None,
+  test: str = "t",
+) -> str:
+  """Writes DIR/report/ (maps for the first `max_maps` groups, all if None); returns the path of
+  report.md. `baseline`: the group the others are compared with (default: the sweep's first)."""
   out = os.path.join(directory, "report")
   os.makedirs(out, exist_ok=True)
   rows = collect(directory)
@@ -210,34 +327,65 @@ def write_report(directory: str, max_maps: int | None = None, speed: str = "toke
   metric, mode = main_metric(rows)
   finished = [r for r in rows if r["status"] == "finished"]
   failed = [r for r in rows if r["status"].startswith("failed")]
+  groups = comparison.groups(rows, comparison.sweep_order(directory))
+  base = comparison.pick_baseline([g for g in groups if g.runs], baseline)
+  better = "higher" if mode == "max" else "lower"
   text = [
     f"# Report: {os.path.basename(os.path.abspath(directory))}\n",
     f"{len(rows)} runs: {len(finished)} finished, {len(failed)} failed, "
-    f"{len(rows) - len(finished) - len(failed)} unfinished. Main metric `{metric}` "
-    f"({'higher' if mode == 'max' else 'lower'} is better); best first, the best value of each "
-    "column in **bold**.\n",
-    markdown(rows) + "\n",
-    "*final*: at the last step; *best*: the best evaluation (its checkpoint is kept). Throughput "
-    "counts training steps only (no compilation or evaluation). Peak memory: the device's peak "
-    "on GPU/TPU; on CPU the train step's compiled footprint (arguments + outputs + temporaries). "
-    "*wall*: the whole run, compilation and evaluations included.\n",
+    f"{len(rows) - len(finished) - len(failed)} unfinished. Main metric `{metric}` ({better} is "
+    "better).\n",
+    protocol(rows, groups, base, metric, test),
   ]
+  views = {}
   if finished:
-    plots.curves(rows, metric, os.path.join(out, "curves.png"))
-    plots.tradeoff(finished, metric, speed, os.path.join(out, "tradeoff.png"))
+    views = {v: comparison.view(v, groups, base, metric, mode, test) for v in comparison.VIEWS}
+    steps = views["steps"]
+    text += [
+      "## Comparison at equal steps (test split)\n",
+      f"{steps.description}. Sorted by the test mean, best first; the baseline in **bold**; "
+      f"timings are the median over seeds of each run's steady-state rate.\n",
+      view_table(steps, _group_extras(groups, speed)) + "\n",
+      "Reading it: the 95% CI is the range of the group's mean consistent with its seeds; "
+      "Δ is the mean paired difference to the baseline (same seeds, same data order) with its "
+      "interval; *better*/*worse* need a Holm-adjusted p < "
+      f"{stats.ALPHA}, else *no detectable difference* (more seeds may find one: see "
+      "docs/experiments.md for how many).\n",
+    ]
+    for name, title in (("time", "equal training time"), ("flops", "equal training FLOPs")):
+      v = views[name]
+      if any(r.summary for r in v.rows):
+        text += [f"## Comparison at {title} (validation split)\n", f"{v.description}.\n",
+                 view_table(v) + "\n"]  # fmt: skip
+    plots.curves(groups, metric, os.path.join(out, "curves.png"))
+    plots.tradeoff(steps, groups, speed, os.path.join(out, "tradeoff.png"))
     text += [
       "## Learning curves\n",
-      f"`{metric}` on the eval set by training step and by wall-clock time.\n",
+      f"`{metric}` on the validation split by training step and by training time (steps at the "
+      "run's steady-state rate); the line is the mean over seeds, the band ± one std.\n",
       "![curves](curves.png)\n",
       "## Quality against speed\n",
+      f"`{steps.metric}` (mean, 95% CI) against training throughput (median over seeds, 95% "
+      "bootstrap interval); marker area ∝ peak memory.\n",
       "![tradeoff](tradeoff.png)\n",
     ]
-  drawn, missing = _maps(rows, out, max_maps)
+  drawn, missing = _maps(groups, out, max_maps)
   if drawn or missing:
     text.append("## Attention maps\n")
-    text.append("One fixed eval example, every layer and head, from each run's best checkpoint.\n")
-    text += [f"### {point}\n\n![{point}]({file})\n" for point, file in drawn]
-    text += [f"* no map for {point}: {why}" for point, why in missing]
+    text.append("One fixed validation example, every layer and head, from the best checkpoint "
+                "of each group's lowest seed.\n")  # fmt: skip
+    text += [f"### {label}\n\n![{label}]({file})\n" for label, file in drawn]
+    text += [f"* no map for {label}: {why}" for label, why in missing]
+  text += [
+    "\n## Every run\n",
+    "Best first by the validation metric; the best value of each column in **bold**.\n",
+    markdown(rows) + "\n",
+    "*final*: validation at the last step; *best*: the best validation evaluation (its "
+    "checkpoint is kept); *test*: that checkpoint on the test split. Throughput counts training "
+    "steps only (no compilation or evaluation). Peak memory: the device's peak on GPU/TPU; on "
+    "CPU the train step's compiled footprint (arguments + outputs + temporaries). *wall*: the "
+    "whole run, compilation and evaluations included.\n",
+  ]
   if failed:
     text.append("\n## Failures\n")
     text += [f"* {r['point']}: {r['status'][8:]} (see `{r['point']}/error.txt`)" for r in failed]
@@ -247,23 +395,29 @@ def write_report(directory: str, max_maps: int | None = None, speed: str = "toke
   return path
 
 
-TERMINAL_SKIPS = ("eval loss", "params", "steps/s", "compile (s)")  # columns summary() leaves out
+TERMINAL_COLUMNS = ("group", "n", "95% CI", "p (Holm)", "verdict")  # + the mean ± std column
 
 
 def summary(path: str, top: int = 5) -> str:
-  """Where the report is and the top rows of its table, aligned for a terminal."""
+  """Where the report is and the top rows of its first table, aligned for a terminal."""
+  table = []
   with open(path) as f:
-    table = [ln.strip() for ln in f if ln.startswith("|")]
+    for line in f:
+      if line.startswith("|"):
+        table.append(line.strip())
+      elif table:
+        break
+  if not table:
+    return f"report: {path}\n(no runs)"
   cells = [[c.strip().replace("**", "") for c in ln.strip("|").split(" | ")] for ln in table]
-  keep = [i for i, h in enumerate(cells[0]) if h not in TERMINAL_SKIPS]
-  metric = next((h.rsplit(" (", 1)[0] for h in cells[0] if h.endswith(" (best)")), "")
-  cells[0] = [h.rsplit(" (", 1)[1][:-1] if h.startswith(f"{metric} (") else h for h in cells[0]]
-  cells = [[shorten(row[i], 70) for i in keep] for row in [cells[0], *cells[2 : top + 2]]]
+  keep = [i for i, h in enumerate(cells[0]) if h in TERMINAL_COLUMNS or h.endswith("mean ± std")]
+  keep = keep[:6] or list(range(min(4, len(cells[0]))))
+  cells = [[shorten(row[i], 60) for i in keep] for row in [cells[0], *cells[2 : top + 2]]]
   widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
   more = len(table) - 2 - top
   tail = [f"... and {more} more rows in the report"] if more > 0 else []
-  return "\n".join([f"report: {path}", f"main metric: {metric}", *lines, *tail])
+  return "\n".join([f"report: {path}", *lines, *tail])
 
 
 def print_summary(path: str, top: int = 5) -> None:
@@ -273,13 +427,21 @@ def print_summary(path: str, top: int = 5) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("directory", help="a sweep's --workdir (one folder per run)")
-  parser.add_argument("--max_maps", type=int, default=None, help="attention maps of the best N")
+  parser.add_argument("--max_maps", type=int, default=None, help="attention maps of N groups")
   parser.add_argument(
     "--speed", default="tokens_per_sec", choices=["tokens_per_sec", "steps_per_sec"]
   )
   parser.add_argument("--top", type=int, default=5, help="table rows to print")
+  parser.add_argument(
+    "--baseline", default=None, help="group the others are compared with (default: the first)"
+  )
+  parser.add_argument("--test", default="t", choices=stats.TESTS, help="paired test over seeds")
   args = parser.parse_args(argv)
-  print_summary(write_report(args.directory, args.max_maps, args.speed), args.top)
+  try:
+    path = write_report(args.directory, args.max_maps, args.speed, args.baseline, args.test)
+  except ValueError as e:  # e.g. a --baseline that names no group
+    parser.exit(2, f"error: {e}\n")
+  print_summary(path, args.top)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ exists is skipped, an interrupted one resumes from its checkpoints, and a failin
 error and traceback in error.txt without stopping the others. With `--sweep_parallel=N` the points
 run as N processes of main.py with `--sweep_point=K` at a time, each logging to DIR/<point>/log.txt.
 The report (experiments/report.py) is written at the end of a sweep.
+
+Seeds: `--seeds=N` repeats every point with `seed` = 0..N-1 (points that differ only in seed form
+one *group*; the report aggregates groups). The points of a sweep share JAX's persistent
+compilation cache in DIR/compile_cache, so the seeds of a group compile their steps once.
+DIR/sweep.json lists the points in declared order (the report's default baseline is the first).
 """
 
 import copy
@@ -28,6 +33,7 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+from jax.experimental.compilation_cache import compilation_cache
 
 from experiments import report, train, validate
 
@@ -35,20 +41,26 @@ FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempt
 NOT_RUN = "not run"
 
 
-def load_sweep(experiment: str) -> list[dict[str, Any]]:
-  """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`."""
+def load_sweep(experiment: str, seeds: int = 0) -> list[dict[str, Any]]:
+  """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`, each repeated with
+  `seed` 0..seeds-1 when `seeds` > 0 (a file without get_sweep is then one point)."""
   path, _, arg = experiment.partition(":")
   spec = importlib.util.spec_from_file_location("experiment_file", path)
   if spec is None:
     raise validate.ConfigError(f"cannot load experiment file {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
+  if not hasattr(module, "get_sweep") and not seeds:
     raise validate.ConfigError(f"{path} defines no get_sweep(arg); add one or drop --sweep")
-  points = module.get_sweep(arg or None)
+  points = module.get_sweep(arg or None) if hasattr(module, "get_sweep") else [{}]
   if not points:
     raise validate.ConfigError(f"{path}: get_sweep({arg!r}) returned no points")
-  return [dict(p) for p in points]
+  points = [dict(p) for p in points]
+  if seeds:
+    if any("seed" in p for p in points):
+      raise validate.ConfigError(f"{path}: its sweep already sets `seed`; drop --seeds")
+    points = [{**p, "seed": s} for p in points for s in range(seeds)]
+  return points
 
 
 def _value(v: Any) -> str:
@@ -81,6 +93,11 @@ def point_name(overrides: dict[str, Any]) -> str:
   keys = [s if shorts.count(s) == 1 else k for k, s in zip(overrides, shorts, strict=True)]
   parts = [f"{k}={_value(v)}" for k, v in zip(keys, overrides.values(), strict=True)]
   return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))[:200] or "base"
+
+
+def group_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+  """A point's overrides without its seed: what the points of one group share."""
+  return {k: v for k, v in overrides.items() if k != "seed"}
 
 
 def point_names(points: Sequence[dict[str, Any]]) -> list[str]:
@@ -176,16 +193,25 @@ def run(
   parallel: int = 1,
   point: int | None = None,
   argv: Sequence[str] | None = None,
+  seeds: int = 0,
 ) -> list[str]:
   """The whole sweep (then the report), or only `point`; returns each point's status.
 
   `experiment` is the `--config` file (`configs/x.py[:arg]`), `config` its config with command-line
-  overrides applied; `argv` (default sys.argv) is the command line the parallel processes repeat.
+  overrides applied; `argv` (default sys.argv) is the command line the parallel processes repeat;
+  `seeds` > 0 repeats every point with seeds 0..seeds-1.
   """
-  points = load_sweep(experiment)
+  points = load_sweep(experiment, seeds)
   names = point_names(points)
   for overrides in points:  # every key checked before anything runs
     apply_overrides(config, overrides)
+  cache = use_compile_cache(workdir)
+  if point is None and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "sweep.json"), {
+      "experiment": experiment, "seeds": seeds,
+      "points": [{"name": n, "overrides": p} for n, p in zip(names, points, strict=True)],
+    })  # fmt: skip
   if point is not None:
     if not 0 <= point < len(points):
       last = len(points) - 1
@@ -198,12 +224,31 @@ def run(
       stopped = PREEMPTED in statuses
       statuses.append(NOT_RUN if stopped else run_point(config, overrides, workdir))
   else:
-    statuses = _run_parallel(names, workdir, parallel, list(argv or sys.argv))
+    statuses = _run_parallel(names, workdir, parallel, list(argv or sys.argv), cache)
   for name, status in zip(names, statuses, strict=True):
     logging.info("%-70s %s", name, status)
   if jax.process_index() == 0:
     report.print_summary(report.write_report(workdir))
   return statuses
+
+
+def use_compile_cache(workdir: str) -> str:
+  """Points of a sweep share compiled steps through JAX's persistent compilation cache, in
+  DIR/compile_cache unless JAX_COMPILATION_CACHE_DIR is set: runs that differ only in seed (or
+  data) lower to the same programs. Returns the directory (point processes are given it)."""
+  directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+    os.path.abspath(workdir), "compile_cache"
+  )
+  if jax.config.jax_compilation_cache_dir != directory:
+    compilation_cache.set_cache_dir(directory)
+    compilation_cache.reset_cache()  # a cache opened earlier in this process is replaced
+  return directory
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1, default=str)
+  os.replace(path + ".tmp", path)
 
 
 def point_command(argv: Sequence[str], point: int) -> list[str]:
@@ -221,7 +266,9 @@ def point_command(argv: Sequence[str], point: int) -> list[str]:
   return [sys.executable, argv[0], *out, f"--sweep_point={point}"]
 
 
-def _run_parallel(names: list[str], workdir: str, parallel: int, argv: list[str]) -> list[str]:
+def _run_parallel(
+  names: list[str], workdir: str, parallel: int, argv: list[str], cache: str
+) -> list[str]:
   """Points as subprocesses, at most `parallel` at a time. SIGINT/SIGTERM stop them cleanly."""
   statuses = [""] * len(names)
   waiting = []
@@ -232,6 +279,7 @@ def _run_parallel(names: list[str], workdir: str, parallel: int, argv: list[str]
       waiting.append(k)
   env = dict(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several processes share a GPU
+  env["JAX_COMPILATION_CACHE_DIR"] = cache
   stop = threading.Event()
   previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
   running: dict[int, tuple[subprocess.Popen, Any, float]] = {}

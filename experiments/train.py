@@ -41,6 +41,8 @@ class TrainState(train_state.TrainState):
 
   model_state: Any = None
   nonfinite_in_a_row: jax.Array | int = 0
+  rng: jax.Array | None = None  # raw key data of jax.random.key(config.seed): an argument of the
+  # compiled steps, not a constant in them, so runs that differ only in seed share one compilation
 
 
 class NonFiniteError(RuntimeError):
@@ -82,8 +84,8 @@ class Step:
     return self.train.compile_seconds + self.eval.compile_seconds
 
 
-def _rngs(seed: int, step) -> dict[str, jax.Array]:
-  key = jax.random.fold_in(jax.random.key(seed), step)
+def _rngs(key_data: jax.Array, step) -> dict[str, jax.Array]:
+  key = jax.random.fold_in(jax.random.wrap_key_data(key_data), step)
   return dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS)), strict=True))
 
 
@@ -93,10 +95,10 @@ def _apply(state: TrainState, params, batch, *, train: bool, rngs=None):
   )
 
 
-def make_train_step(kind: str, seed: int, label_smoothing: float):
+def make_train_step(kind: str, label_smoothing: float):
   def train_step(state: TrainState, batch):
     def loss_fn(params):
-      logits = _apply(state, params, batch, train=True, rngs=_rngs(seed, state.step))
+      logits = _apply(state, params, batch, train=True, rngs=_rngs(state.rng, state.step))
       return tasks.loss_and_metrics(kind, logits, batch, label_smoothing)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -140,13 +142,19 @@ def create_state(config, model, tx, mesh, example_batch) -> tuple[TrainState, An
   def init(rng):
     rng_params, rng_other = jax.random.split(rng)
     variables = model.init(
-      {"params": rng_params, **_rngs(config.seed, 0), "attention": rng_other},
+      {"params": rng_params, **_rngs(jax.random.key_data(rng), 0), "attention": rng_other},
       example_batch,
       train=False,
     )
     variables = {k: v for k, v in variables.items() if k not in TRANSIENT_COLLECTIONS}
     params = variables.pop("params")
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=params,
+      tx=tx,
+      model_state=variables,
+      rng=jax.random.key_data(rng),
+    )
 
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(init, rng)
@@ -160,7 +168,7 @@ def make_steps(config, kind, state_sharding, mesh) -> Step:
   batch_sharding = sharding.batch_sharding(mesh)
   metrics_sharding = sharding.replicated(mesh)
   train = jax.jit(
-    make_train_step(kind, config.seed, config.train.get("label_smoothing", 0.0)),
+    make_train_step(kind, config.train.get("label_smoothing", 0.0)),
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=(state_sharding, metrics_sharding, metrics_sharding),
     donate_argnums=0,
@@ -184,15 +192,15 @@ def evaluate(
   return {k: float(v) for k, v in jax.device_get(total.compute()).items()}
 
 
-def _eval_batches(datasets, local_batch_size: int) -> list[dict[str, np.ndarray]]:
-  """Materialises the eval set; processes with fewer batches pad with all-invalid ones."""
-  dataset = datasets.eval_dataset()
+def _eval_batches(datasets, local_batch_size: int, split: str) -> list[dict[str, np.ndarray]]:
+  """Materialises an eval split; processes with fewer batches pad with all-invalid ones."""
+  dataset = datasets.eval_dataset(split)
   batches = list(dataset.as_numpy_iterator())
   n = len(batches)
   if jax.process_count() > 1:
     n = int(np.max(multihost_utils.process_allgather(np.array(n))))
   if n == 0:
-    raise ValueError("the eval set is empty; set data.eval_examples or check the eval files")
+    raise ValueError(f"the {split} split is empty; set data.eval_examples or check its files")
   filler = _dummy_batch(dataset, local_batch_size)  # all zeros: valid = False
   return batches + [filler] * (n - len(batches))
 
@@ -208,6 +216,16 @@ def peak_memory_bytes(step: Step) -> int:
     m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     for m in sizes
   )
+
+
+def flops_per_step(step: Step) -> float | None:
+  """FLOPs of one train step by XLA's cost analysis of the compiled step (the largest bucket)."""
+  counts = []
+  for executable in step.train.executables.values():
+    cost = executable.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    counts.append(float((cost or {}).get("flops", 0.0)))
+  return max(counts, default=None) or None
 
 
 def _improved(value: float, best: dict[str, float] | None, key: str, mode: str) -> bool:
@@ -275,10 +293,15 @@ def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
   hooks: Sequence[Callable[[int], None]] = (),
+  on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json's dict.
 
-  `hooks` are called with the step number after every step (e.g. to request a stop).
+  The validation split picks the best checkpoint; after the last step that checkpoint, and only
+  it, is evaluated once on the test split (`results["test"]`). `hooks` are called with the step
+  number after every step (e.g. to request a stop). `on_eval(step, {"eval/<metric>": value})` is
+  called after every validation evaluation; if it returns True the run stops there (checkpoint
+  saved, status "pruned": a hyperparameter search's pruner).
   """
   wall_start = time.time()
   validate.check_config(config)
@@ -315,17 +338,18 @@ def train_and_evaluate(
       logging.info("resumed from step %d in %s", int(state.step), workdir)
     start_step = int(state.step)
     train_iter: Iterator = datasets.train_dataset(meta["next_batch"]).as_numpy_iterator()
-    eval_batches = _eval_batches(datasets, config.data.batch_size // jax.process_count())
+    local_batch_size = config.data.batch_size // jax.process_count()
+    eval_batches = _eval_batches(datasets, local_batch_size, "validation")
     first = sharding.global_batch(next(train_iter), mesh)
     step_fns = make_steps(config, kind, state_sharding, mesh)
     step_fns.train.compile(state, first)
     step_fns.eval.compile(state, sharding.global_batch(eval_batches[0], mesh))
     logging.info("%d parameters; compiled in %.1fs", num_params, step_fns.compile_seconds)
 
-    def run_eval(state) -> dict[str, float]:
-      out = {f"eval/{k}": v for k, v in evaluate(step_fns, state, eval_batches, mesh).items()}
+    def run_eval(state, batches=eval_batches, prefix="eval") -> dict[str, float]:
+      out = {f"{prefix}/{k}": v for k, v in evaluate(step_fns, state, batches, mesh).items()}
       if decode_eval.enabled(config, info):
-        out["eval/bleu"] = decode_eval.bleu_score(model, state, eval_batches, config, info, mesh)
+        out[f"{prefix}/bleu"] = decode_eval.bleu_score(model, state, batches, config, info, mesh)
       return out
 
     log = stack.enter_context(_Log(workdir, num_steps, start_step))
@@ -333,8 +357,9 @@ def train_and_evaluate(
     wall_before = meta["wall_seconds"]
     last_eval: dict[str, float] = {}
     train_metrics, window_start, window_steps, train_seconds = None, time.perf_counter(), 0, 0.0
+    window_rates: list[float] = []  # steps/s of each log window (the steady-state throughput)
     batch = first
-    step = start_step
+    step, pruned = start_step, False
     while step < num_steps:
       state, metrics, finite = step_fns.train(state, batch)
       step += 1
@@ -351,6 +376,7 @@ def train_and_evaluate(
         train_seconds += elapsed
         scalars = {f"train/{k}": float(v) for k, v in train_metrics.compute().items()}
         steps_per_sec = window_steps / elapsed
+        window_rates.append(steps_per_sec)
         scalars |= {
           "train/steps_per_sec": steps_per_sec,
           "train/tokens_per_sec": steps_per_sec * tokens_per_step,
@@ -368,9 +394,13 @@ def train_and_evaluate(
           ckpt.save_best(
             step, state, _meta(meta, step, wall_before, wall_start), _plain(last_eval, metric_name)
           )
+        pruned = on_eval is not None and bool(on_eval(step, last_eval))
         window_start = time.perf_counter()
-      if step % config.train.checkpoint_every_steps == 0 or is_last or stop:
+      if step % config.train.checkpoint_every_steps == 0 or is_last or stop or pruned:
         ckpt.save(step, state, _meta(meta, step, wall_before, wall_start), force=True)
+      if pruned and not is_last:
+        logging.info("pruned at step %d; checkpoint saved", step)
+        break
       if stop and not is_last:
         logging.warning(
           "stopped at step %d on request; checkpoint saved. Run the same command to resume.", step
@@ -380,21 +410,35 @@ def train_and_evaluate(
         batch = sharding.global_batch(next(train_iter), mesh)
     if not last_eval:  # the run had already finished: report its final state again
       last_eval = run_eval(state)
+    test = {}
+    if not pruned:  # the checkpoint picked on validation, evaluated once on test
+      ckpt.wait()
+      best_state = ckpt.restore_best(state) if meta["best_step"] is not None else None
+      test_batches = _eval_batches(datasets, local_batch_size, "test")
+      test = run_eval(state if best_state is None else best_state, test_batches, "test")
+      logging.info("test at step %s (best on validation): %s", meta["best_step"], _fmt(test))
 
   results = {
     "config": config.to_dict(),
     "step": step,
-    "status": "finished",
+    "status": "pruned" if pruned else "finished",
     "main_metric": f"eval/{metric_name}",
     "metrics": last_eval,
     "best": meta["best"] or last_eval,
     "best_step": meta["best_step"],
+    "test": test,  # on the test split, from the best checkpoint (selected on validation)
+    "splits": dict(datasets.splits),
     "throughput": {
       "steps_per_sec": (step - start_step) / train_seconds if train_seconds else None,
       "tokens_per_sec": (step - start_step) * tokens_per_step / train_seconds
       if train_seconds
       else None,
+      # the median log window after the first: timings that do not include warm-up
+      "steady_steps_per_sec": float(np.median(window_rates[1:] or window_rates))
+      if window_rates
+      else None,
     },
+    "flops_per_step": flops_per_step(step_fns),
     "params": int(num_params),
     "compile_seconds": step_fns.compile_seconds,
     "peak_memory_bytes": peak_memory_bytes(step_fns),
