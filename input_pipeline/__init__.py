@@ -1,18 +1,19 @@
 """Input pipelines: `get_datasets(config.data)` picks a task from `REGISTRY` by `config.data.name`.
 
 A task is a function `(data_config, *, workdir, process_index, process_count) -> Datasets`
-registered with `@register("name")` in its own module, imported at the bottom of this file.
+(a training stream and the eval splits `SPLITS`: validation selects, test reports), registered
+with `@register("name")` in its own module, imported at the bottom of this file.
 """
 
 from collections.abc import Callable
 
 import ml_collections
 
-from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
 
 REGISTRY: dict[str, Callable[..., Datasets]] = {}
 
-__all__ = ["REGISTRY", "Datasets", "TaskInfo", "get_datasets", "register"]
+__all__ = ["REGISTRY", "SPLITS", "Datasets", "TaskInfo", "get_datasets", "register"]
 
 
 def register(name: str):

@@ -1,12 +1,16 @@
 """What every task returns: the datasets and the task description the models are built from."""
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 import tensorflow as tf
 
 PAD_ID = 0
+# The eval splits every task provides: validation selects (checkpoints, hyperparameters), test
+# reports (evaluated once, on the selected checkpoint).
+SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +29,26 @@ class TaskInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
-  """`train_dataset(start_batch)` is infinite and deterministic; `eval_dataset()` is finite."""
+  """`train_dataset(start_batch)` is infinite and deterministic; `eval_dataset(split)` is finite.
+
+  `eval_dataset(split="validation")` takes a split of `SPLITS`; `splits` says, for results.json,
+  where "train", "validation" and "test" come from (files, tfds splits, generator streams).
+  """
 
   train_dataset: Callable[[int], tf.data.Dataset]
-  eval_dataset: Callable[[], tf.data.Dataset]
+  eval_dataset: Callable[..., tf.data.Dataset]
   info: TaskInfo
+  splits: Mapping[str, str]
+
+
+T = TypeVar("T")
+
+
+def pick_split(split: str, splits: Mapping[str, T]) -> T:
+  """`splits[split]` for a split of `SPLITS`, else a ValueError naming the valid splits."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown eval split {split!r}; valid: {', '.join(SPLITS)}")
+  return splits[split]
 
 
 def pad_eval_batches(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

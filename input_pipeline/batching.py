@@ -2,7 +2,8 @@
 
 A task loads its splits once into `Examples` (numpy: ragged token sequences + scalar features,
 tokenised at load time, optionally cached in the workdir) and hands them to `make_datasets`, which
-builds the train and eval streams of the batch contract in docs/architecture.md:
+builds the train stream and the two eval splits (`base.SPLITS`: validation selects, test reports)
+of the batch contract in docs/architecture.md:
 
 * train: an infinite stream. Epoch `e` visits this process's examples in the order
   `stateless_shuffle(range(n), seed=[data.seed, e])`; the stream is then batched in one of three
@@ -21,7 +22,8 @@ builds the train and eval streams of the batch contract in docs/architecture.md:
     varies between batches (a loop that compiles one shape needs `pack` or the padded default).
     Resume: `.skip(start_batch)`.
 
-* eval: every example of this process's shard once, in file order, padded to the task maxima;
+* eval (`eval_dataset("validation")`, `eval_dataset("test")`): every example of this process's
+  shard of that split once, in file order, padded to the task maxima;
   the last partial batch is padded and masked with `valid = False` (`base.pad_eval_batches`).
   With `pack`, eval batches are not packed but carry the same keys (segment 1 on tokens, positions
   0..len-1), so train and eval batches have the same structure.
@@ -47,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline.base import Datasets, TaskInfo, pad_eval_batches
+from input_pipeline.base import SPLITS, Datasets, TaskInfo, pad_eval_batches, pick_split
 
 PACK_CHUNK = 1024  # examples packed together (part of the deterministic stream: do not vary)
 MIN_BUCKET = 8
@@ -239,6 +241,12 @@ def tfds_split(split: str, process_index: int, process_count: int):
   return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
 
 
+def tfds_splits(config, defaults: Mapping[str, str]) -> dict[str, str]:
+  """The tfds split strings of train and `SPLITS`: `config.<split>_split` (`train_split`,
+  `validation_split`, `test_split`) where set, else `defaults[split]`."""
+  return {s: config.get(f"{s}_split") or defaults[s] for s in ("train", *SPLITS)}
+
+
 def load_tfds(name: str, split, data_dir: str | None, **kwargs) -> tf.data.Dataset:
   """`tfds.load` of an already built dataset, or a FileNotFoundError saying how to build it."""
   try:
@@ -357,23 +365,33 @@ def _bucket_boundaries(max_length: int) -> list[int]:
 
 def make_datasets(
   train: Examples,
-  eval_: Examples,
+  evals: Mapping[str, Examples],
   info: TaskInfo,
   config,
   *,
+  splits: Mapping[str, str],
   lengths: Mapping[str, int],
   process_index: int = 0,
   process_count: int = 1,
   train_sharded: bool = False,
 ) -> Datasets:
-  """The task's `Datasets` from the whole eval split and the whole train split (or, with
-  `train_sharded`, this process's share of it, e.g. a `tfds_split`).
+  """The task's `Datasets` from the whole eval splits `evals` (`{"validation": ..., "test": ...}`)
+  and the whole train split (or, with `train_sharded`, this process's share of it, e.g. a
+  `tfds_split`). `splits` describes where train / validation / test come from (`Datasets.splits`).
 
   `lengths[k]`: maximum length of sequence feature `k` (longer sequences must already be cut or
-  dropped). Reads `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; taken
-  before sharding, so the eval set does not depend on the number of processes), and the
-  optional `config.pack` / `config.bucket_by_length`.
+  dropped). Reads `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; applied to
+  each eval split, before sharding, so an eval set does not depend on the number of processes),
+  and the optional `config.pack` / `config.bucket_by_length`.
   """
+  if set(evals) != set(SPLITS) or not set(SPLITS) | {"train"} <= set(splits):
+    raise ValueError(
+      f"make_datasets needs the eval splits {SPLITS} and a description of train and each, got "
+      f"{sorted(evals)} and {sorted(splits)}"
+    )
+  for split, examples in evals.items():
+    if len(examples) == 0:
+      raise ValueError(f"the {split} split ({splits[split]}) has no examples")
   pack = bool(config.get("pack", False))
   bucket = bool(config.get("bucket_by_length", False))
   if pack and bucket:
@@ -385,18 +403,23 @@ def make_datasets(
       f"data.batch_size={config.batch_size} must divide by {process_count} processes"
     )
   local = config.batch_size // process_count
-  eval_ = eval_.first(config.get("eval_examples", 0)).shard(process_index, process_count)
+  evals = {
+    split: examples.first(config.get("eval_examples", 0))
+    .shard(process_index, process_count)
+    .truncate(lengths)
+    for split, examples in evals.items()
+  }
   if not train_sharded:
     train = train.shard(process_index, process_count)
   if len(train) == 0:
     raise ValueError(f"no training examples for process {process_index}/{process_count}")
-  train, eval_ = train.truncate(lengths), eval_.truncate(lengths)
+  train = train.truncate(lengths)
   seq_keys = sorted(train.sequences)
   seed = int(config.seed)
   tensors: dict[str, tuple] = {}
 
   def as_tf(split: str, examples: Examples):
-    if split not in tensors:  # once per Datasets: shared by every train_dataset(start) call
+    if split not in tensors:  # once per Datasets: shared by every call of the split's dataset
       tensors[split] = _to_tf(examples)
     return tensors[split]
 
@@ -436,15 +459,16 @@ def make_datasets(
       ds = ds.map(lambda b: _pad_to_boundary(b, seq_keys, bounds))
     return ds.skip(start_batch).prefetch(tf.data.AUTOTUNE)
 
-  def eval_dataset() -> tf.data.Dataset:
-    sequences, scalars = as_tf("eval", eval_)
-    idx = tf.data.Dataset.range(len(eval_)).batch(max(local, 1))
+  def eval_dataset(split: str = "validation") -> tf.data.Dataset:
+    examples = pick_split(split, evals)
+    sequences, scalars = as_tf(split, examples)
+    idx = tf.data.Dataset.range(len(examples)).batch(max(local, 1))
     ds = idx.map(lambda i: _gather(sequences, scalars, lengths, i, dense=True)).unbatch()
     if pack:
       ds = ds.map(lambda ex: _unpacked_segmentation(ex, seq_keys))
     return pad_eval_batches(ds, local)
 
-  return Datasets(train_dataset, eval_dataset, info)
+  return Datasets(train_dataset, eval_dataset, info, dict(splits))
 
 
 def _pad_to_boundary(batch: dict, keys: Sequence[str], bounds: Sequence[int]) -> dict:

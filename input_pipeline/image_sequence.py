@@ -3,16 +3,18 @@
 `cifar10`: RGB -> grayscale (`tf.image.rgb_to_grayscale`, as LRA), 32 x 32 = 1024 tokens;
 `mnist`: 28 x 28 = 784 tokens; rows read top to bottom, left to right. A pixel value v (0..255)
 is token v + 1, so id 0 stays padding (vocabulary 257; LRA's 256 values shifted by one).
-10 classes. LRA trains on `train[:90%]` and validates on `train[90%:]`; its test numbers are on
-`test` (this default).
+10 classes. As LRA: train on `train[:90%]`, validate (select) on `train[90%:]`, test (report) on
+`test` (the defaults).
 
 `config.data` fields:
   name: 'image_sequence'
   dataset: 'cifar10' | 'mnist'
   data_dir: tfds data directory (None = tfds default)
-  train_split: tfds split to train on (default 'train'; LRA: 'train[:90%]')
-  eval_split: tfds split to evaluate on (default 'test'; LRA validation: 'train[90%:]')
-  batch_size: global (LRA: 256); seed: shuffle seed; eval_examples: first N eval examples (0: all)
+  train_split: tfds split to train on (default 'train[:90%]')
+  validation_split: tfds split that selects checkpoints (default 'train[90%:]')
+  test_split: tfds split that reports (default 'test')
+  batch_size: global (LRA: 256); seed: shuffle seed
+  eval_examples: first N examples of each eval split (0: all)
 """
 
 import numpy as np
@@ -20,17 +22,25 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo
-from input_pipeline.batching import Examples, Ragged, load_tfds, make_datasets, tfds_split
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
+from input_pipeline.batching import (
+  Examples,
+  Ragged,
+  load_tfds,
+  make_datasets,
+  tfds_split,
+  tfds_splits,
+)
 
 NUM_CLASSES = 10
 PIXEL_OFFSET = 1
 DATASETS = {"cifar10": (32, 32, True), "mnist": (28, 28, False)}  # height, width, grayscale
+SPLITS_DEFAULT = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}  # LRA
 
 
 def load_pixels(name: str, split, data_dir: str | None) -> Examples:
   """A tfds image split -> `inputs` (`[n, H*W]` pixel ids) and `label`."""
-  _, _, rgb = DATASETS[name]
+  height, width, rgb = DATASETS[name]
 
   def to_sequence(batch):
     image = batch["image"]
@@ -40,7 +50,10 @@ def load_pixels(name: str, split, data_dir: str | None) -> Examples:
     return tf.cast(flat, tf.uint16) + PIXEL_OFFSET, tf.cast(batch["label"], tf.int32)
 
   ds = load_tfds(name, split, data_dir).batch(4096).map(to_sequence)
-  pixels, labels = [], []
+  pixels, labels = (
+    [np.zeros((0, height * width), np.uint16)],
+    [np.zeros(0, np.int32)],
+  )  # may be empty
   for x, y in tfds.as_numpy(ds):
     pixels.append(x)
     labels.append(y)
@@ -58,10 +71,9 @@ def image_sequence(config, *, workdir=None, process_index=0, process_count=1) ->
     raise ValueError(f"data.dataset={name!r}; valid: {', '.join(DATASETS)}")
   height, width, _ = DATASETS[name]
   data_dir = config.get("data_dir")
-  train = load_pixels(
-    name, tfds_split(config.get("train_split", "train"), process_index, process_count), data_dir
-  )
-  eval_ = load_pixels(name, config.get("eval_split", "test"), data_dir)
+  splits = tfds_splits(config, SPLITS_DEFAULT)
+  train = load_pixels(name, tfds_split(splits["train"], process_index, process_count), data_dir)
+  evals = {s: load_pixels(name, splits[s], data_dir) for s in SPLITS}
   length = height * width
   info = TaskInfo(
     kind="classification",
@@ -71,9 +83,10 @@ def image_sequence(config, *, workdir=None, process_index=0, process_count=1) ->
   )
   return make_datasets(
     train,
-    eval_,
+    evals,
     info,
     config,
+    splits={s: f"{name} {split}" for s, split in splits.items()},
     lengths={"inputs": length},
     process_index=process_index,
     process_count=process_count,

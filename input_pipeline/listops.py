@@ -1,6 +1,7 @@
 """LRA ListOps (classification, 10 classes): `[MAX 4 3 [MIN 2 3 ] 1 0 ]` -> 4.
 
-Reads `<task>_train.tsv` and `<task>_{val,test}.tsv` from `data_dir`: LRA's released files
+Reads `<task>_train.tsv` (train), `<task>_val.tsv` (validation: selects) and `<task>_test.tsv`
+(test: reports) from `data_dir`: LRA's released files
 (`lra_release/listops-1000/basic_*.tsv`) or those written by `python -m
 input_pipeline.listops_generate`. A header row names the `Source` and `Target` columns (any
 order); without one, column 1 is the source and column 2 the target.
@@ -17,10 +18,10 @@ Longer sequences are cut to `max_length`. Tokenised splits are cached in `workdi
   name: 'listops'
   data_dir: directory with the TSV files
   task: file prefix, 'basic' (LRA)
-  eval_split: 'val' | 'test' (which file eval_dataset reads)
   max_length: tokens per example (LRA: 2000)
   keep_parens: keep LRA's '(' ')' tokens (default False)
-  batch_size: global batch size; seed: shuffle seed; eval_examples: first N eval examples (0: all)
+  batch_size: global batch size; seed: shuffle seed
+  eval_examples: first N examples of each eval split (0: all)
 """
 
 import os
@@ -29,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
   Ragged,
@@ -41,6 +42,7 @@ from input_pipeline.batching import (
 from input_pipeline.text import parse_label, read_rows, require_file
 
 NUM_CLASSES = 10
+FILES = {"train": "train", "validation": "val", "test": "test"}  # split -> LRA's file suffix
 # LRA's token spellings (lra_benchmarks/data/listops.py); the generator draws MIN MAX MED SM.
 MIN, MAX, MED, SUM_MOD, FIRST, LAST = "[MIN", "[MAX", "[MED", "[SM", "[FIRST", "[LAST"
 END = "]"
@@ -109,25 +111,21 @@ def listops(config, *, workdir=None, process_index=0, process_count=1) -> Datase
       "`python -m input_pipeline.listops_generate --output_dir=DIR`"
     )
   task = config.get("task", "basic")
-  eval_split = config.get("eval_split", "val")
-  if eval_split not in ("val", "test"):
-    raise ValueError(f"data.eval_split={eval_split!r}; valid: val, test")
   max_length = int(config.get("max_length", 2000))
   keep_parens = bool(config.get("keep_parens", False))
-  paths = {s: os.path.join(config.data_dir, f"{task}_{s}.tsv") for s in ("train", eval_split)}
+  paths = {s: os.path.join(config.data_dir, f"{task}_{f}.tsv") for s, f in FILES.items()}
   for path in paths.values():
     require_file(path, "data.data_dir")
   key = cache_key(
-    files=[file_identity(p) for p in paths.values()], max_length=max_length, parens=keep_parens
+    files={s: file_identity(p) for s, p in paths.items()},
+    max_length=max_length,
+    parens=keep_parens,
   )
   splits = cached(
     workdir,
     "listops",
     key,
-    lambda: {
-      "train": read_tsv(paths["train"], max_length, keep_parens),
-      "eval": read_tsv(paths[eval_split], max_length, keep_parens),
-    },
+    lambda: {s: read_tsv(p, max_length, keep_parens) for s, p in paths.items()},
   )
   info = TaskInfo(
     kind="classification",
@@ -138,9 +136,10 @@ def listops(config, *, workdir=None, process_index=0, process_count=1) -> Datase
   )
   return make_datasets(
     splits["train"],
-    splits["eval"],
+    {s: splits[s] for s in SPLITS},
     info,
     config,
+    splits=paths,
     lengths={"inputs": max_length},
     process_index=process_index,
     process_count=process_count,

@@ -4,26 +4,30 @@ Each sentence (lm1b) or line (files; plain or .gz) is one sequence ending with E
 `max_length` tokens. Batches are `inputs [B, T]`; the model predicts token t+1 from tokens <= t.
 With `pack` (flax examples/lm1b), several sequences share a row, with `inputs_segmentation` and
 `inputs_position` telling them apart. The SentencePiece model (pad 0, EOS 1, UNK 2) is trained on
-the first `vocab_max_chars` characters of the training text on first use and kept in
-`vocab_path` (or the workdir); tokenised splits are cached in `workdir/data_cache/`.
+the first `vocab_max_chars` characters of the training split on first use and kept in
+`vocab_path` (or the workdir); tokenised splits are cached in `workdir/data_cache/`. lm1b has only
+`train` and `test`: validation (selects) is the held-out `train[99%:]` (~300K sentences, as many as
+`test`), training uses `train[:99%]`, and `test` reports.
 
 `config.data` fields:
   name: 'lm'
   dataset: 'lm1b' | 'files'
   data_dir: tfds data directory (lm1b; None = tfds default)
-  eval_split: tfds split for eval (lm1b: 'test')
-  train_path, eval_path: text files, one sequence per line (dataset='files')
+  train_split, validation_split, test_split: tfds splits (lm1b; default 'train[:99%]',
+    'train[99%:]', 'test'): train, select, report
+  train_path, validation_path, test_path: text files, one sequence per line (dataset='files')
   tokenizer: 'sentencepiece' | 'byte' (ids = byte + 2, vocabulary 258)
   vocab_size (flax lm1b: 30000), vocab_path, vocab_max_chars (10**7): SentencePiece
   max_length: tokens per sequence incl. EOS (flax lm1b: 128 train, 512 eval; here one length)
   pack: several sequences per row (flax lm1b: True); bucket_by_length: see batching.py
-  batch_size: global; seed: shuffle seed; eval_examples: first N eval sequences (0: all)
+  batch_size: global; seed: shuffle seed; eval_examples: first N sequences of each eval split
+    (0: all)
 """
 
 import tensorflow_datasets as tfds
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
   cache_key,
@@ -32,8 +36,11 @@ from input_pipeline.batching import (
   load_tfds,
   make_datasets,
   tfds_split,
+  tfds_splits,
 )
 from input_pipeline.text import EOS_ID, make_tokenizer, read_lines, require_file, tokenizer_id
+
+TFDS_SPLITS = {"train": "train[:99%]", "validation": "train[99%:]", "test": "test"}  # lm1b
 
 
 def _tfds_lines(name: str, split, data_dir: str | None) -> list[str]:
@@ -43,8 +50,8 @@ def _tfds_lines(name: str, split, data_dir: str | None) -> list[str]:
   return lines
 
 
-def _tfds_stream(name: str, data_dir: str | None):
-  for batch in tfds.as_numpy(load_tfds(name, "train", data_dir).batch(1024)):
+def _tfds_stream(name: str, split, data_dir: str | None):
+  for batch in tfds.as_numpy(load_tfds(name, split, data_dir).batch(1024)):
     yield from (t.decode("utf-8") for t in batch["text"])
 
 
@@ -55,10 +62,7 @@ def lm(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
   max_length = int(config.get("max_length", 128))
   data_dir = config.get("data_dir")
   if dataset == "files":
-    paths = {
-      "train": require_file(config.get("train_path"), "data.train_path"),
-      "eval": require_file(config.get("eval_path"), "data.eval_path"),
-    }
+    paths = {s: require_file(config.get(f"{s}_path"), f"data.{s}_path") for s in ("train", *SPLITS)}
 
     def load(split: str) -> list[str]:
       return read_lines(paths[split], f"data.{split}_path")
@@ -66,21 +70,21 @@ def lm(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
     def vocab_texts():
       return load("train")
 
-    sources = [file_identity(p) for p in paths.values()]
+    sources = {s: file_identity(p) for s, p in paths.items()}
+    described = paths
     sharded = False
   elif dataset == "lm1b":
-    splits = {
-      "train": tfds_split("train", process_index, process_count),
-      "eval": config.get("eval_split", "test"),
-    }
+    splits = tfds_splits(config, TFDS_SPLITS)
+    reads = {**splits, "train": tfds_split(splits["train"], process_index, process_count)}
 
     def load(split: str) -> list[str]:
-      return _tfds_lines(dataset, splits[split], data_dir)
+      return _tfds_lines(dataset, reads[split], data_dir)
 
-    def vocab_texts():
-      return _tfds_stream(dataset, data_dir)
+    def vocab_texts():  # the whole training split (every process trains the same model)
+      return _tfds_stream(dataset, splits["train"], data_dir)
 
-    sources = [dataset, data_dir, *map(str, splits.values())]
+    sources = [dataset, data_dir, {s: str(r) for s, r in reads.items()}]
+    described = {s: f"{dataset} {r}" for s, r in splits.items()}
     sharded = True
   else:
     raise ValueError(f"data.dataset={dataset!r}; valid: files, lm1b")
@@ -92,7 +96,7 @@ def lm(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
       split: Examples(
         {"inputs": tokenizer.encode(load(split), add_eos=True, max_length=max_length)}
       )
-      for split in ("train", "eval")
+      for split in ("train", *SPLITS)
     }
 
   key = cache_key(sources=sources, max_length=max_length, tokenizer=tokenizer_id(tokenizer))
@@ -106,9 +110,10 @@ def lm(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
   )
   return make_datasets(
     data["train"],
-    data["eval"],
+    {s: data[s] for s in SPLITS},
     info,
     config,
+    splits=described,
     lengths={"inputs": max_length},
     process_index=process_index,
     process_count=process_count,

@@ -1,7 +1,11 @@
 """Synthetic tasks generated in-process (no files, no downloads), deterministic by seed.
 
 Example `i` of a split is a pure function of `(seed, split, i)`, so any process, any batch size
-and any resume point see the same examples. Token ids: 0 = padding, 1 = EOS, 2.. = symbols.
+and any resume point see the same examples. Three disjoint generator streams (different stateless
+seeds): `train` from `data.seed`; `validation` (selects) and `test` (reports) from fixed seeds,
+independent of `data.seed`, so every seed of every compared run is scored on the same examples.
+Each eval split is its stream's first `data.eval_examples` examples.
+Token ids: 0 = padding, 1 = EOS, 2.. = symbols.
 
 * `copy` / `reverse` / `sort` (seq2seq): inputs x of random length in [min_length, max_length];
   targets x / reversed(x) / sorted(x), followed by EOS.
@@ -12,15 +16,22 @@ import ml_collections
 import tensorflow as tf
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo, pad_eval_batches
+from input_pipeline.base import Datasets, TaskInfo, pad_eval_batches, pick_split
 
 EOS_ID = 1
 FIRST_SYMBOL = 2
-_SPLIT_SEED = {"train": 0, "eval": 1}
+# First word of each stream's stateless seed [stream, index]: train streams are even
+# (2 * data.seed), the eval streams odd and fixed, so no seed's train stream is an eval stream.
+EVAL_STREAMS = {"validation": 1, "test": 3}
 
 
-def _example_seed(seed: int, split: str, index: tf.Tensor) -> tf.Tensor:
-  return tf.stack([tf.cast(seed * 2 + _SPLIT_SEED[split], tf.int64), tf.cast(index, tf.int64)])
+def _stream(seed: int, split: str) -> int:
+  """The first word of the stateless seeds of `split`'s stream (eval: independent of `seed`)."""
+  return 2 * seed if split == "train" else EVAL_STREAMS[split]
+
+
+def _example_seed(stream: int, index: tf.Tensor) -> tf.Tensor:
+  return tf.stack([tf.constant(stream, tf.int64), tf.cast(index, tf.int64)])
 
 
 def _random_symbols(seed: tf.Tensor, config: ml_collections.ConfigDict):
@@ -74,10 +85,12 @@ def _datasets(make_example, info, config, process_index, process_count) -> Datas
       f"data.batch_size={config.batch_size} must divide by {process_count} processes"
     )
   local = config.batch_size // process_count
+  streams = {split: _stream(int(config.seed), split) for split in ("train", *EVAL_STREAMS)}
 
   def examples(split, indices):
+    stream = streams[split]
     return indices.map(
-      lambda i: make_example(_example_seed(config.seed, split, i), config),
+      lambda i: make_example(_example_seed(stream, i), config),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=True,
     )
@@ -90,11 +103,21 @@ def _datasets(make_example, info, config, process_index, process_count) -> Datas
     ds = examples("train", batches.unbatch()).batch(local, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-  def eval_dataset() -> tf.data.Dataset:
+  def eval_dataset(split: str = "validation") -> tf.data.Dataset:
+    pick_split(split, EVAL_STREAMS)
+    if config.eval_examples <= 0:
+      raise ValueError(
+        f"data.eval_examples={config.eval_examples}: a generated task's eval split is its "
+        "stream's first eval_examples examples; set a positive number"
+      )
     indices = tf.data.Dataset.range(config.eval_examples).shard(process_count, process_index)
-    return pad_eval_batches(examples("eval", indices), local)
+    return pad_eval_batches(examples(split, indices), local)
 
-  return Datasets(train_dataset, eval_dataset, info)
+  splits = {
+    "train": f"{config.name} generator stream 'train' (data.seed={config.seed})",
+    **{s: f"{config.name} generator stream {s!r}" for s in EVAL_STREAMS},
+  }
+  return Datasets(train_dataset, eval_dataset, info, splits)
 
 
 def _register_seq2seq(name: str, transform) -> None:

@@ -1,9 +1,10 @@
 """Document classification: tfds `imdb_reviews` (LRA Text) or local TSV/CSV files.
 
 LRA's byte-level Text task is `dataset='imdb_reviews'`, `tokenizer='byte'`, `max_length=1000`
-(LRA code; the paper's table uses 4000), evaluated on imdb's `test` split (IMDb has no
-validation split). With `tokenizer='sentencepiece'` a unigram model of `vocab_size` pieces is
-trained on the training text on first use and kept in `vocab_path` (or the workdir).
+(LRA code; the paper's table uses 4000). IMDb has no validation split (LRA selected and reported
+on `test`); here validation (selects) is a held-out `train[90%:]`, training uses `train[:90%]`
+and `test` reports. With `tokenizer='sentencepiece'` a unigram model of `vocab_size` pieces is
+trained on the training split's text on first use and kept in `vocab_path` (or the workdir).
 
 Local files: one example per row, `label<TAB>text` (`*.tsv`, split on the first tab, so the text
 may contain tabs) or `label,text` (`*.csv`, csv quoting); a first row `label<sep>text` is a header.
@@ -14,20 +15,22 @@ of range are errors naming the file and line.
   name: 'text_classification'
   dataset: 'imdb_reviews' | 'files'
   data_dir: tfds data directory (imdb_reviews; None = tfds default)
-  eval_split: tfds split for eval (default 'test')
-  train_path, eval_path: files (dataset='files'); plain or .gz
+  train_split, validation_split, test_split: tfds splits (imdb_reviews; default 'train[:90%]',
+    'train[90%:]', 'test'): train, select, report
+  train_path, validation_path, test_path: files (dataset='files'); plain or .gz
   num_classes: classes of the files (imdb_reviews: 2)
   tokenizer: 'byte' (ids = byte + 2, vocabulary 258) | 'sentencepiece'
   vocab_size, vocab_path, vocab_max_chars: SentencePiece (size, where kept, training characters)
   max_length: tokens per document, longer ones are cut (LRA: 1000; paper: 4000)
-  batch_size: global; seed: shuffle seed; eval_examples: first N eval examples (0: all)
+  batch_size: global; seed: shuffle seed
+  eval_examples: first N examples of each eval split (0: all)
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
   cache_key,
@@ -36,10 +39,12 @@ from input_pipeline.batching import (
   load_tfds,
   make_datasets,
   tfds_split,
+  tfds_splits,
 )
 from input_pipeline.text import make_tokenizer, parse_label, read_rows, require_file, tokenizer_id
 
 TFDS_DATASETS = {"imdb_reviews": ("text", "label", 2)}
+TFDS_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
 
 
 def read_labeled_file(path: str, num_classes: int, field: str) -> tuple[list[str], np.ndarray]:
@@ -80,42 +85,39 @@ def text_classification(config, *, workdir=None, process_index=0, process_count=
   data_dir = config.get("data_dir")
   if dataset == "files":
     num_classes = int(config.get("num_classes", 2))
-    train_path = require_file(config.get("train_path"), "data.train_path")
-    eval_path = require_file(config.get("eval_path"), "data.eval_path")
+    paths = {s: require_file(config.get(f"{s}_path"), f"data.{s}_path") for s in ("train", *SPLITS)}
 
     def load(split: str):
-      path, field = (
-        (train_path, "data.train_path") if split == "train" else (eval_path, "data.eval_path")
-      )
-      return read_labeled_file(path, num_classes, field)
+      return read_labeled_file(paths[split], num_classes, f"data.{split}_path")
 
-    sources = [file_identity(train_path), file_identity(eval_path)]
+    def vocab_texts():
+      return load("train")[0]
+
+    sources = {s: file_identity(p) for s, p in paths.items()}
+    described = paths
     sharded = False
   elif dataset in TFDS_DATASETS:
     text_key, label_key, num_classes = TFDS_DATASETS[dataset]
-    splits = {
-      "train": tfds_split("train", process_index, process_count),
-      "eval": config.get("eval_split", "test"),
-    }
+    splits = tfds_splits(config, TFDS_SPLITS)
+    reads = {**splits, "train": tfds_split(splits["train"], process_index, process_count)}
 
     def load(split: str):
-      return _tfds_texts(dataset, splits[split], data_dir, text_key, label_key)
+      return _tfds_texts(dataset, reads[split], data_dir, text_key, label_key)
 
-    sources = [dataset, data_dir, str(splits["train"]), str(splits["eval"])]
+    def vocab_texts():  # the whole training split (every process trains the same model)
+      return _tfds_texts(dataset, splits["train"], data_dir, text_key, label_key)[0]
+
+    sources = [dataset, data_dir, {s: str(r) for s, r in reads.items()}]
+    described = {s: f"{dataset} {r}" for s, r in splits.items()}
     sharded = True
   else:
     raise ValueError(f"data.dataset={dataset!r}; valid: files, {', '.join(TFDS_DATASETS)}")
-
-  def vocab_texts():
-    if dataset == "files":
-      return load("train")[0]
-    return _tfds_texts(dataset, "train", data_dir, text_key, label_key)[0]
 
   tokenizer = make_tokenizer(config, workdir, f"text_{dataset}", vocab_texts)
 
   def build():
     out = {}
-    for split in ("train", "eval"):
+    for split in ("train", *SPLITS):
       texts, labels = load(split)
       ids = tokenizer.encode(texts, max_length=max_length)
       out[split] = Examples({"inputs": ids}, {"label": labels})
@@ -132,9 +134,10 @@ def text_classification(config, *, workdir=None, process_index=0, process_count=
   )
   return make_datasets(
     data["train"],
-    data["eval"],
+    {s: data[s] for s in SPLITS},
     info,
     config,
+    splits=described,
     lengths={"inputs": max_length},
     process_index=process_index,
     process_count=process_count,

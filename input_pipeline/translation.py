@@ -1,13 +1,15 @@
 """Machine translation (seq2seq): tfds WMT de-en in either direction, or local parallel text.
 
-Sources: `dataset='wmt14_translate/de-en'` or `'wmt17_translate/de-en'` (flax examples/wmt trains
-on wmt17 and evaluates on wmt14's newstest2014 `test`: set `eval_dataset`), translating
-`source_lang` -> `target_lang`; or `dataset='files'` with `train_src`/`train_tgt`/`eval_src`/
-`eval_tgt`, one sentence per line (plain or .gz), line i of the source file translated by line i of
-the target file.
+Sources: `dataset='wmt14_translate/de-en'` or `'wmt17_translate/de-en'`, translating
+`source_lang` -> `target_lang`; the eval splits come from `eval_dataset` (default: `dataset`):
+`validation_split` selects, `test_split` reports. flax examples/wmt trains on wmt17 and evaluates
+on wmt14 (configs/translation.py): validation = newstest2013, test = newstest2014. Or
+`dataset='files'` with `train_src`/`train_tgt`, `dev_src`/`dev_tgt` (validation) and
+`test_src`/`test_tgt` (test), one sentence per line (plain or .gz), line i of the source file
+translated by line i of the target file.
 
 Tokens: one joint SentencePiece model (pad 0, EOS 1, UNK 2) trained on the first
-`vocab_max_chars` characters of the training text of both languages on first use and kept in
+`vocab_max_chars` characters of the training split only, both languages, on first use and kept in
 `vocab_path` (or `workdir/translation_<...>.model`). Inputs and targets end with EOS. Training
 pairs with a side longer than `max_length` tokens are dropped (flax wmt); eval pairs are cut to
 `max_length` (EOS kept last), so every eval pair counts and train/eval batches share one shape.
@@ -17,16 +19,18 @@ text; `bleu(hypotheses, references)` scores detokenized text with sacrebleu.
 `config.data` fields:
   name: 'translation'
   dataset: 'wmt14_translate/de-en' | 'wmt17_translate/de-en' | 'files'
-  eval_dataset: tfds dataset for eval (default: `dataset`)
-  eval_split: tfds split for eval ('validation' = newstest2013, 'test' = newstest2014 in wmt14)
+  eval_dataset: tfds dataset both eval splits come from (default: `dataset`)
+  validation_split: its split that selects (default 'validation'; wmt14: newstest2013)
+  test_split: its split that reports (default 'test'; wmt14: newstest2014)
   data_dir: tfds data directory (None = tfds default)
   source_lang, target_lang: 'de' / 'en' (either direction)
-  train_src, train_tgt, eval_src, eval_tgt: local files (dataset='files')
+  train_src, train_tgt, dev_src, dev_tgt, test_src, test_tgt: local files (dataset='files'):
+    train, validation (selects), test (reports)
   vocab_size: SentencePiece pieces (flax wmt: 32000); vocab_path; vocab_max_chars (10**7)
   max_length: tokens per sentence incl. EOS, inputs and targets (flax wmt: 256)
   pack: pack several pairs per row with segment ids / positions (flax wmt: True)
   bucket_by_length: padded batches grouped by length (varying shapes) instead of packing
-  batch_size: global; seed: shuffle seed; eval_examples: first N eval pairs (0: all)
+  batch_size: global; seed: shuffle seed; eval_examples: first N pairs of each eval split (0: all)
 """
 
 import itertools
@@ -36,7 +40,7 @@ import sacrebleu
 import tensorflow_datasets as tfds
 
 from input_pipeline import register
-from input_pipeline.base import Datasets, TaskInfo
+from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
   cache_key,
@@ -55,6 +59,7 @@ from input_pipeline.text import (
 )
 
 TFDS_DATASETS = ("wmt14_translate/de-en", "wmt17_translate/de-en")
+FILE_PREFIX = {"train": "train", "validation": "dev", "test": "test"}  # data.<prefix>_src / _tgt
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -101,19 +106,22 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
   data_dir = config.get("data_dir")
   if dataset == "files":
     files = {
-      f: require_file(config.get(f), f"data.{f}")
-      for f in ("train_src", "train_tgt", "eval_src", "eval_tgt")
+      f"{p}_{side}": require_file(config.get(f"{p}_{side}"), f"data.{p}_{side}")
+      for p in FILE_PREFIX.values()
+      for side in ("src", "tgt")
     }
 
     def load(split: str):
-      return read_parallel(files[f"{split}_src"], files[f"{split}_tgt"], split)
+      p = FILE_PREFIX[split]
+      return read_parallel(files[f"{p}_src"], files[f"{p}_tgt"], p)
 
     train_text = load("train")  # also checks the files before any vocabulary is trained
 
     def vocab_texts():
       return itertools.chain.from_iterable(zip(*train_text, strict=True))
 
-    sources = [file_identity(p) for p in files.values()]
+    sources = {f: file_identity(p) for f, p in files.items()}
+    described = {s: f"{files[f'{p}_src']} -> {files[f'{p}_tgt']}" for s, p in FILE_PREFIX.items()}
     sharded = False
   elif dataset in TFDS_DATASETS:
     eval_dataset = config.get("eval_dataset") or dataset
@@ -127,18 +135,21 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
         f"{dataset} has the languages {sorted(langs)}"
       )
     splits = {
-      "train": (dataset, tfds_split("train", process_index, process_count)),
-      "eval": (eval_dataset, config.get("eval_split", "test")),
+      "train": (dataset, "train"),
+      "validation": (eval_dataset, config.get("validation_split") or "validation"),
+      "test": (eval_dataset, config.get("test_split") or "test"),
     }
+    reads = {**splits, "train": (dataset, tfds_split("train", process_index, process_count))}
 
     def load(split: str):
-      name, tfds_name = splits[split]
+      name, tfds_name = reads[split]
       return _tfds_pairs(name, tfds_name, data_dir, source_lang, target_lang)
 
-    def vocab_texts():
+    def vocab_texts():  # the whole train split of `dataset`, never an eval split
       return _tfds_text_stream(dataset, data_dir, sorted(langs))
 
-    sources = [data_dir, *(f"{n}:{s}" for n, s in splits.values())]
+    sources = [data_dir, {s: f"{n}:{r}" for s, (n, r) in reads.items()}]
+    described = {s: f"{n} {r} ({source_lang}->{target_lang})" for s, (n, r) in splits.items()}
     sharded = True
   else:
     raise ValueError(f"data.dataset={dataset!r}; valid: files, {', '.join(TFDS_DATASETS)}")
@@ -156,7 +167,7 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
 
   def build():
     out = {}
-    for split in ("train", "eval"):
+    for split in ("train", *SPLITS):
       src, tgt = load(split)
       cut = None if split == "train" else max_length  # train: drop long pairs (below)
       out[split] = Examples(
@@ -186,9 +197,10 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
   )
   return make_datasets(
     data["train"],
-    data["eval"],
+    {s: data[s] for s in SPLITS},
     info,
     config,
+    splits=described,
     lengths={"inputs": max_length, "targets": max_length},
     process_index=process_index,
     process_count=process_count,

@@ -1,6 +1,8 @@
 """Input pipelines: every registered task keeps the batch contract (docs/architecture.md).
 
-tfds tasks run under `tfds.testing.mock_data`; file tasks read small files written here.
+tfds tasks run under `tfds.testing.mock_data`; file tasks read small files written here. Every task
+has a validation split (selects) and a test split (reports): `_mock` makes tfds' mock data
+depend on the split (and honour slices such as `train[90%:]`) so the splits can be told apart.
 """
 
 import contextlib
@@ -9,6 +11,7 @@ import importlib
 import os
 import random
 import re
+import zlib
 
 import ml_collections
 import numpy as np
@@ -20,7 +23,7 @@ import input_pipeline
 from input_pipeline import batching, listops, listops_generate, text, translation
 
 BATCH = 4
-MOCK_EXAMPLES = 10
+SIZES = {"train": 30, "validation": 10, "test": 8}  # examples per split of the small files
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,14 +45,15 @@ def files(tmp_path_factory) -> dict[str, str]:
   )  # fmt: skip
   words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "über", "größe"]
   out = {"listops_dir": str(d)}
-  for split, n in (("train", 30), ("eval", 10)):
+  lra_retrieval = {"train": "train", "validation": "eval", "test": "test"}
+  for split, n in SIZES.items():
     rows = [f"{i % 3}\t{i} {_sentence(rng, words)}" for i in range(n)]
     out[f"text_{split}"] = _write(d / f"text_{split}.tsv", ["label\ttext", *rows])
     pairs = [
       f"{i % 2}.0\tid{i}a\tid{i}b\t{_sentence(rng, words)}\t{_sentence(rng, words)}"
       for i in range(n)
     ]
-    out[f"pairs_{split}"] = _write(d / f"new_aan_pairs.{split}.tsv", pairs)
+    out[f"pairs_{split}"] = _write(d / f"new_aan_pairs.{lra_retrieval[split]}.tsv", pairs)
     src = [_sentence(rng, words) for _ in range(n)]
     out[f"src_{split}"] = _write(d / f"{split}.de", src)
     out[f"tgt_{split}"] = _write(d / f"{split}.en.gz", [s.upper() for s in src])
@@ -96,7 +100,8 @@ def task_configs(files: dict[str, str]) -> dict[str, tuple[ml_collections.Config
         name="text_classification",
         dataset="files",
         train_path=f["text_train"],
-        eval_path=f["text_eval"],
+        validation_path=f["text_validation"],
+        test_path=f["text_test"],
         num_classes=3,
         max_length=40,
       ),
@@ -136,8 +141,10 @@ def task_configs(files: dict[str, str]) -> dict[str, tuple[ml_collections.Config
         dataset="files",
         train_src=f["src_train"],
         train_tgt=f["tgt_train"],
-        eval_src=f["src_eval"],
-        eval_tgt=f["tgt_eval"],
+        dev_src=f["src_validation"],
+        dev_tgt=f["tgt_validation"],
+        test_src=f["src_test"],
+        test_tgt=f["tgt_test"],
         max_length=24,
         vocab_size=48,
       ),
@@ -149,7 +156,8 @@ def task_configs(files: dict[str, str]) -> dict[str, tuple[ml_collections.Config
         name="lm",
         dataset="files",
         train_path=f["lm_train"],
-        eval_path=f["lm_eval"],
+        validation_path=f["lm_validation"],
+        test_path=f["lm_test"],
         tokenizer="byte",
         max_length=24,
       ),
@@ -170,8 +178,55 @@ def load(config, workdir=None, **kw) -> input_pipeline.Datasets:
   return input_pipeline.get_datasets(config, workdir=workdir, **kw)
 
 
-def _mock(needed: bool):
-  return tfds.testing.mock_data(num_examples=MOCK_EXAMPLES) if needed else contextlib.nullcontext()
+# tfds mock data that depends on the split: example i of split s is built from (dataset, s, i), and
+# a slice or an even split selects the examples tfds would (resolved by tfds' own SplitDict). (The
+# default mock yields the same examples for every split.)
+MOCK_SPLITS = {"train": 100, "validation": 10, "test": 10}
+
+
+def _mock_example(name: str, split: str, i: int) -> dict:
+  rng = np.random.default_rng(zlib.crc32(f"{name} {split} {i}".encode()))
+  words = " ".join(rng.choice(["das", "haus", "ist", "klein", "the", "cat", "sat"], 3))
+  sentence = f"{split} {i} {words}"
+  if name in ("mnist", "cifar10"):
+    shape = (28, 28, 1) if name == "mnist" else (32, 32, 3)
+    return {"image": rng.integers(0, 256, shape, dtype=np.uint8), "label": np.int64(i % 10)}
+  if name == "imdb_reviews":
+    return {"text": sentence, "label": np.int64(i % 2)}
+  if name == "lm1b":
+    return {"text": sentence}
+  if name.startswith("wmt"):
+    return {"de": sentence, "en": sentence.upper()}
+  raise AssertionError(f"no mock examples for tfds dataset {name!r}")
+
+
+def _split_as_dataset(builder, split, decoders=None, read_config=None, **kwargs):
+  """Mocks `DatasetBuilder._as_dataset`: the examples of `split` (e.g. 'train[90%:]')."""
+  del decoders, read_config, kwargs
+  infos = [
+    tfds.core.SplitInfo(
+      name=s, shard_lengths=[n], num_bytes=0,
+      filename_template=tfds.core.ShardedFileTemplate(
+        data_dir="/mock", dataset_name=builder.name, split=s, filetype_suffix="tfrecord"
+      ),
+    )
+    for s, n in MOCK_SPLITS.items()
+  ]  # fmt: skip
+  examples = []
+  for read in tfds.core.SplitDict(infos)[split].file_instructions:
+    base = next(s for s in MOCK_SPLITS if f"-{s}.tfrecord" in read.filename)
+    examples += [
+      _mock_example(builder.name, base, i) for i in range(read.skip, read.skip + read.take)
+    ]
+  examples = [_mock_example(builder.name, "train", 0), *examples]  # the structure of an empty split
+  columns = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  return tf.data.Dataset.from_tensor_slices(columns).skip(1)
+
+
+def _mock(needed: bool = True):
+  return (
+    tfds.testing.mock_data(as_dataset_fn=_split_as_dataset) if needed else contextlib.nullcontext()
+  )
 
 
 def test_every_registered_task_has_a_case(files):
@@ -203,7 +258,7 @@ def test_batches_have_declared_shapes_and_dtypes(case, files, tmp_path):
     for spec in train.element_spec.values():  # the loop compiles one static shape
       assert spec.shape.is_fully_defined(), (case, train.element_spec)
     batches = list(train.take(3).as_numpy_iterator())
-    evals = list(data.eval_dataset().as_numpy_iterator())
+    evals = [b for s in input_pipeline.SPLITS for b in data.eval_dataset(s).as_numpy_iterator()]
   expected = KIND_KEYS[info.kind]
   if config.get("pack"):
     expected = expected | {k for k in PACKED_KEYS if k.split("_")[0] in expected}
@@ -234,6 +289,153 @@ def test_batches_have_declared_shapes_and_dtypes(case, files, tmp_path):
       for row in batch["targets"]:
         assert row[row > 0][-1] == info.eos_id, case
   assert sum(int(b["valid"].sum()) for b in evals) >= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits: validation selects, test reports
+
+
+def _rows(ds: tf.data.Dataset) -> list[tuple]:
+  """The valid examples of a batched dataset, each as a hashable tuple of its features."""
+  out = []
+  for b in ds.as_numpy_iterator():
+    keys = sorted(k for k in b if k != "valid" and not k.endswith(("_segmentation", "_position")))
+    valid = b.get("valid", np.ones(len(b["inputs"]), bool))
+    out += [tuple(b[k][r].tobytes() for k in keys) for r in np.flatnonzero(valid)]
+  return out
+
+
+def expected_splits(case: str, f: dict[str, str]) -> dict[str, str]:
+  """What `Datasets.splits` says for each case of `task_configs`."""
+  name = case.split("/")[0]
+  if name in ("copy", "reverse", "sort", "associative_recall"):
+    return {
+      "train": f"{name} generator stream 'train' (data.seed=0)",
+      "validation": f"{name} generator stream 'validation'",
+      "test": f"{name} generator stream 'test'",
+    }
+  per_split = {
+    "listops": lambda s: os.path.join(
+      f["listops_dir"], f"basic_{s.replace('validation', 'val')}.tsv"
+    ),
+    "retrieval": lambda s: f[f"pairs_{s}"],
+    "text_classification/tsv": lambda s: f[f"text_{s}"],
+    "translation/files": lambda s: f"{f[f'src_{s}']} -> {f[f'tgt_{s}']}",
+    "lm/files_bytes": lambda s: f[f"lm_{s}"],
+  }
+  slices = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
+  lm1b = {"train": "train[:99%]", "validation": "train[99%:]", "test": "test"}
+  wmt = {"train": "train", "validation": "validation", "test": "test"}
+  per_split |= {
+    "text_classification/imdb_bytes": lambda s: f"imdb_reviews {slices[s]}",
+    "text_classification/imdb_spm": lambda s: f"imdb_reviews {slices[s]}",
+    "image_sequence/cifar10": lambda s: f"cifar10 {slices[s]}",
+    "image_sequence/mnist": lambda s: f"mnist {slices[s]}",
+    "lm/lm1b_packed": lambda s: f"lm1b {lm1b[s]}",
+    "translation/wmt14_packed": lambda s: f"wmt14_translate/de-en {wmt[s]} (de->en)",
+    "translation/wmt17_en_de": lambda s: (
+      f"{'wmt17' if s == 'train' else 'wmt14'}_translate/de-en {wmt[s]} (en->de)"
+    ),
+  }
+  return {s: per_split[case](s) for s in ("train", *input_pipeline.SPLITS)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_task_has_a_validation_and_a_test_split(case, files, tmp_path):
+  config, mock = task_configs(files)[case]
+  with _mock(mock):
+    data = load(config, workdir=str(tmp_path))
+    rows = {s: _rows(data.eval_dataset(s)) for s in input_pipeline.SPLITS}
+    default = _rows(data.eval_dataset())
+  assert default == rows["validation"]  # eval_dataset() selects on validation
+  assert rows["validation"] and rows["test"], case
+  assert sorted(rows["validation"]) != sorted(rows["test"]), case  # different contents
+  assert data.splits == expected_splits(case, files)
+
+
+# The tfds tasks whose validation split is a slice of train (the split mock honours slices).
+HELD_OUT = ["image_sequence/cifar10", "image_sequence/mnist", "text_classification/imdb_bytes",
+            "lm/lm1b_packed"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HELD_OUT)
+def test_validation_slice_is_held_out_of_train(case, files):
+  config, _ = task_configs(files)[case]
+  config.update(pack=False, tokenizer="byte")  # rows comparable between the two loads below
+  epoch = MOCK_SPLITS["train"] // BATCH + 1  # batches covering one epoch of the train split
+  with _mock():
+    data = load(config)
+    train = set(_rows(data.train_dataset(0).take(epoch)))
+    validation, test = (set(_rows(data.eval_dataset(s))) for s in input_pipeline.SPLITS)
+    config.train_split = "train"
+    whole = set(_rows(load(config).train_dataset(0).take(epoch)))
+  assert len(whole) == MOCK_SPLITS["train"]
+  assert validation and train.isdisjoint(validation) and train | validation == whole
+  assert test.isdisjoint(whole)
+
+
+@pytest.mark.parametrize("name", ["copy", "reverse", "sort", "associative_recall"])
+def test_synthetic_eval_splits_are_fixed_across_seeds(name, files):
+  config = task_configs(files)[name][0]
+  rows = {}
+  for seed in (0, 7):
+    config.seed = seed
+    data = load(config)
+    rows[seed] = {s: _rows(data.eval_dataset(s)) for s in input_pipeline.SPLITS}
+    rows[seed]["train"] = _rows(data.train_dataset(0).take(3))
+    assert data.splits["train"] == f"{name} generator stream 'train' (data.seed={seed})"
+  for s in input_pipeline.SPLITS:
+    assert rows[0][s] == rows[7][s] and len(rows[0][s]) == config.eval_examples
+  assert rows[0]["train"] != rows[7]["train"]
+  assert rows[0]["validation"] != rows[0]["test"]
+  for seed in (0, 7):  # three streams: train does not replay an eval split
+    for s in input_pipeline.SPLITS:
+      assert rows[seed]["train"][: len(rows[seed][s])] != rows[seed][s]
+
+
+def test_synthetic_eval_split_is_sharded_over_processes(files):
+  config = task_configs(files)["reverse"][0]
+  whole = _rows(load(config).eval_dataset("test"))
+  shards = [
+    _rows(load(config, process_index=p, process_count=2).eval_dataset("test")) for p in (0, 1)
+  ]
+  assert sorted(shards[0] + shards[1]) == sorted(whole) and len(shards[0]) == len(whole) // 2
+
+
+@pytest.mark.parametrize("case", ["reverse", "text_classification/tsv"])
+def test_unknown_eval_split_is_a_one_line_error(case, files):
+  data = load(task_configs(files)[case][0])
+  for split in ("eval", "train", "val"):
+    with pytest.raises(ValueError) as error:
+      data.eval_dataset(split)
+    assert str(error.value) == f"unknown eval split {split!r}; valid: validation, test"
+
+
+@pytest.mark.parametrize("case", ["reverse", "listops", "text_classification/tsv"])
+def test_eval_examples_applies_to_each_split(case, files):
+  config = task_configs(files)[case][0]
+  config.eval_examples = 3
+  data = load(config)
+  for s in input_pipeline.SPLITS:
+    batches = list(data.eval_dataset(s).as_numpy_iterator())
+    assert [b["valid"].tolist() for b in batches] == [[True] * 3 + [False]], (case, s)
+
+
+def test_eval_examples_zero_keeps_every_example_of_each_split(files):
+  data = load(task_configs(files)["text_classification/tsv"][0])
+  assert {s: len(_rows(data.eval_dataset(s))) for s in input_pipeline.SPLITS} == {
+    "validation": SIZES["validation"],
+    "test": SIZES["test"],
+  }
+
+
+def test_empty_eval_split_names_its_source():
+  config = _config(name="image_sequence", dataset="mnist", validation_split="train[100%:]")
+  with (
+    _mock(),
+    pytest.raises(ValueError, match=re.escape("validation split (mnist train[100%:]) has no")),
+  ):
+    load(config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,11 +513,14 @@ def test_listops_generator_follows_lra_rules(parens):
   )
 
 
-def test_listops_files_round_trip(files):
+@pytest.mark.parametrize(
+  "split, file", [("validation", "basic_val.tsv"), ("test", "basic_test.tsv")]
+)
+def test_listops_files_round_trip(split, file, files):
   data = load(task_configs(files)["listops"][0])
-  with open(os.path.join(files["listops_dir"], "basic_val.tsv")) as f:
+  with open(os.path.join(files["listops_dir"], file)) as f:
     rows = [line.rstrip("\n").split("\t") for line in f][1:]
-  batches = list(data.eval_dataset().as_numpy_iterator())
+  batches = list(data.eval_dataset(split).as_numpy_iterator())
   got = [
     (data.info.detokenize(x), int(y))
     for b in batches
@@ -332,12 +537,14 @@ def test_listops_loads_lra_release_format(tmp_path):
   (tmp_path / "basic_train.tsv").write_bytes(
     b"Source\tTarget\r\n" + b"".join(f"{s}\t{t}\r\n".encode() for s, t in rows)
   )
-  (tmp_path / "basic_val.tsv").write_text(
-    "Target\tSource\n" + "".join(f"{t}\t{s}\n" for s, t in rows)
-  )
+  for split in ("val", "test"):
+    (tmp_path / f"basic_{split}.tsv").write_text(
+      "Target\tSource\n" + "".join(f"{t}\t{s}\n" for s, t in rows)
+    )
   config = _config(name="listops", data_dir=str(tmp_path), batch_size=2, max_length=2000)
   data = load(config)
-  for batch in (next(data.train_dataset(0).as_numpy_iterator()), *data.eval_dataset()):
+  evals = [*data.eval_dataset("validation"), *data.eval_dataset("test")]
+  for batch in (next(data.train_dataset(0).as_numpy_iterator()), *evals):
     batch = {k: np.asarray(v) for k, v in batch.items()}
     texts = sorted(data.info.detokenize(x) for x in batch["inputs"])
     assert texts == ["[MAX 4 3 ]", "[SM 5 7 ]"]
@@ -358,14 +565,17 @@ def test_translation_from_local_files(files, tmp_path):
   mtime = model.stat().st_mtime_ns
   again = load(config, workdir=str(tmp_path))
   assert model.stat().st_mtime_ns == mtime and again.info.vocab_size == data.info.vocab_size
-  with gzip.open(files["tgt_eval"], "rt", encoding="utf-8") as f:
-    references = f.read().splitlines()
-  batches = list(data.eval_dataset().as_numpy_iterator())
-  hypotheses = [
-    data.info.detokenize(t) for b in batches for t, v in zip(b["targets"], b["valid"], strict=True)
-    if v
-  ]  # fmt: skip
-  assert hypotheses == references  # detokenize inverts the tokenisation
+  for split in input_pipeline.SPLITS:  # dev_* files: validation; test_* files: test
+    with gzip.open(files[f"tgt_{split}"], "rt", encoding="utf-8") as f:
+      references = f.read().splitlines()
+    batches = list(data.eval_dataset(split).as_numpy_iterator())
+    hypotheses = [
+      data.info.detokenize(t)
+      for b in batches
+      for t, v in zip(b["targets"], b["valid"], strict=True)
+      if v
+    ]
+    assert hypotheses == references  # detokenize inverts the tokenisation
   assert translation.bleu(hypotheses, references) == pytest.approx(100.0)
   assert translation.bleu(["A B C D"] * len(references), references) < 50
   train = next(data.train_dataset(0).as_numpy_iterator())
@@ -489,7 +699,7 @@ def test_host_shards_are_disjoint_and_cover_the_data(files):
   config.update(batch_size=6, max_length=200)  # 3 processes x 2; no text is cut
   with open(files["text_train"]) as f:
     train_all = [line.rstrip("\n").split("\t", 1)[1] for line in f][1:]
-  with open(files["text_eval"]) as f:
+  with open(files["text_validation"]) as f:
     eval_all = [line.rstrip("\n").split("\t", 1)[1] for line in f][1:]
   train, evals = [], []
   for p in range(3):
@@ -537,13 +747,14 @@ def _bad_cases(tmp_path, files):
   def text_cfg(train_path):
     return _config(
       name="text_classification", dataset="files", train_path=str(train_path),
-      eval_path=files["text_eval"], num_classes=3,
+      validation_path=files["text_validation"], test_path=files["text_test"], num_classes=3,
     )  # fmt: skip
 
   listops_dir = tmp_path / "listops"
   listops_dir.mkdir()
   (listops_dir / "basic_train.tsv").write_text("Source\tTarget\n[MAX 1 2 ]\t2\n[MAX 1 x ]\t1\n")
   (listops_dir / "basic_val.tsv").write_text("Source\tTarget\n[MAX 1 2 ]\t2\n")
+  (listops_dir / "basic_test.tsv").write_text("Source\tTarget\n[MIN 1 2 ]\t1\n")
   (tmp_path / "empty.tsv").write_text("")
   (tmp_path / "no_tab.tsv").write_text("1\tgood\n2\tfine\njust text\n")
   (tmp_path / "label.tsv").write_text("1\tgood\n7\tbad\n")
@@ -566,7 +777,10 @@ def _bad_cases(tmp_path, files):
     ),
     "retrieval field count": (
       _config(
-        name="retrieval", train_path=str(tmp_path / "pairs.tsv"), eval_path=files["pairs_eval"]
+        name="retrieval",
+        train_path=str(tmp_path / "pairs.tsv"),
+        validation_path=files["pairs_validation"],
+        test_path=files["pairs_test"],
       ),
       ValueError,
       "pairs.tsv:2: expected 5",
@@ -577,25 +791,56 @@ def _bad_cases(tmp_path, files):
         dataset="files",
         train_src=files["src_train"],
         train_tgt=str(tmp_path / "short.en"),
-        eval_src=files["src_eval"],
-        eval_tgt=files["tgt_eval"],
+        dev_src=files["src_validation"],
+        dev_tgt=files["tgt_validation"],
+        test_src=files["src_test"],
+        test_tgt=files["tgt_test"],
       ),
       ValueError,
       "short.en has 1",
     ),  # fmt: skip
-    "lm missing eval": (
+    "lm missing validation": (
       _config(
-        name="lm", dataset="files", train_path=files["lm_train"], eval_path=None, tokenizer="byte"
+        name="lm",
+        dataset="files",
+        train_path=files["lm_train"],
+        validation_path=None,
+        test_path=files["lm_test"],
+        tokenizer="byte",
       ),
       ValueError,
-      "data.eval_path is not set",
+      "data.validation_path is not set",
+    ),  # fmt: skip
+    "translation missing test": (
+      _config(
+        name="translation",
+        dataset="files",
+        train_src=files["src_train"],
+        train_tgt=files["tgt_train"],
+        dev_src=files["src_validation"],
+        dev_tgt=files["tgt_validation"],
+        test_src=files["src_test"],
+      ),
+      ValueError,
+      "data.test_tgt is not set",
+    ),  # fmt: skip
+    "retrieval missing test file": (
+      _config(
+        name="retrieval",
+        train_path=files["pairs_train"],
+        validation_path=files["pairs_validation"],
+        test_path=str(tmp_path / "nope.tsv"),
+      ),
+      FileNotFoundError,
+      "nope.tsv: no such file (data.test_path (or data.data_dir))",
     ),  # fmt: skip
   }
 
 
 BAD = [
   "missing file", "empty file", "malformed row", "label out of range", "listops unknown token",
-  "listops missing dir", "retrieval field count", "translation line counts", "lm missing eval",
+  "listops missing dir", "retrieval field count", "translation line counts",
+  "lm missing validation", "translation missing test", "retrieval missing test file",
 ]  # fmt: skip
 
 
