@@ -37,10 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.seed = config.get_ref("seed")
   config.data.dataset = args.dataset  # cifar10 (1024 tokens) | mnist (784 tokens)
   config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
-  config.data.train_split = "train[:90%]"  # LRA: train[:90%]
-  config.data.eval_split = "train[90%:]"  # LRA validation: train[90%:]; its test numbers: 'test'
+  config.data.train_split = "train[:90%]"  # tfds split trained on (LRA: train[:90%])
+  config.data.validation_split = "train[90%:]"  # selects the checkpoint (LRA: train[90%:])
+  config.data.test_split = "test"  # reports, once, on the selected checkpoint (LRA: test)
   config.data.batch_size = 256  # global (LRA: 256)
-  config.data.eval_examples = 0  # 0: the whole split
+  config.data.eval_examples = 0  # per eval split; 0: the whole split
 
   # Model: LRA's CIFAR-10 Transformer is tiny (1 layer, 1 head, width 32) with heavy dropout.
   config.model = ml_collections.ConfigDict()

@@ -6,8 +6,8 @@ Data, on a connected machine (then copy the tfds directory here):
     python main.py --config=configs/lm.py --workdir=runs/lm1b
     # local text, one sequence per line, byte level:
     python main.py --config=configs/lm.py --workdir=runs/mylm --config.data.dataset=files \
-        --config.data.train_path=train.txt --config.data.eval_path=valid.txt \
-        --config.data.tokenizer=byte
+        --config.data.train_path=train.txt --config.data.validation_path=valid.txt \
+        --config.data.test_path=test.txt --config.data.tokenizer=byte
 
 Settings follow flax `examples/lm1b/configs/default.py` (512 dim, 8 heads, 6 layers, FFN 2048,
 30K SentencePiece vocabulary, packed 128-token rows, lr 0.0016 rsqrt with 1000 warm-up steps,
@@ -30,9 +30,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.seed = config.get_ref("seed")
   config.data.dataset = "lm1b"  # lm1b | files
   config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
-  config.data.eval_split = "test"  # lm1b has train and test
-  config.data.train_path = ""  # dataset=files: one sequence per line (plain or .gz)
-  config.data.eval_path = ""
+  # lm1b has only train and test: validation is a held-out 1% of train (~300K sentences).
+  config.data.train_split = "train[:99%]"  # tfds split trained on
+  config.data.validation_split = "train[99%:]"  # selects the checkpoint
+  config.data.test_split = "test"  # reports, once, on the selected checkpoint
+  # dataset=files: one sequence per line (plain or .gz)
+  config.data.train_path = ""  # train
+  config.data.validation_path = ""  # selects the checkpoint
+  config.data.test_path = ""  # reports
   config.data.tokenizer = "sentencepiece"  # sentencepiece | byte
   config.data.vocab_size = 30000  # flax lm1b: 30000
   config.data.vocab_path = ""  # SentencePiece model; empty: trained into the workdir on first use
@@ -41,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.pack = True  # several sentences per row (flax lm1b: packed)
   config.data.bucket_by_length = False  # alternative to packing; varying shapes
   config.data.batch_size = 256  # global rows (flax lm1b: 32 per device x 8)
-  config.data.eval_examples = 10000  # sentences of the test split (0: all 306688)
+  config.data.eval_examples = 10000  # first sentences of each eval split (0: all; test 306688)
 
   # Model: causal Transformer decoder.
   config.model = ml_collections.ConfigDict()

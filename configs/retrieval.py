@@ -31,12 +31,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.name = "retrieval"
   config.data.seed = config.get_ref("seed")
   config.data.data_dir = args.data_dir  # holds new_aan_pairs.{train,eval,test}.tsv
-  config.data.eval_split = "eval"  # eval | test: which LRA file eval reads
-  config.data.train_path = ""  # explicit files instead of data_dir (rows label,id1,id2,text1,text2)
-  config.data.eval_path = ""
+  # Explicit files instead of data_dir's (rows label, id1, id2, text1, text2); empty: data_dir's.
+  config.data.train_path = ""  # train (LRA: new_aan_pairs.train.tsv)
+  config.data.validation_path = ""  # selects the checkpoint (LRA: new_aan_pairs.eval.tsv)
+  config.data.test_path = ""  # reports, once (LRA: new_aan_pairs.test.tsv)
   config.data.max_length = 4000  # bytes per document (LRA: 4000)
   config.data.batch_size = 32  # global (LRA: 32)
-  config.data.eval_examples = 0  # 0: the whole split
+  config.data.eval_examples = 0  # per eval split; 0: the whole split
 
   # Model: one encoder applied to both documents, [CLS] pooling, matching MLP head.
   config.model = ml_collections.ConfigDict()

@@ -8,7 +8,8 @@ Data, on a connected machine (then copy the tfds directory here):
     # local files instead (rows `label<TAB>text`):
     python main.py --config=configs/text_classification.py --workdir=runs/mytext \
         --config.data.dataset=files --config.data.train_path=train.tsv \
-        --config.data.eval_path=test.tsv --config.data.num_classes=2
+        --config.data.validation_path=val.tsv --config.data.test_path=test.tsv \
+        --config.data.num_classes=2
 
 Settings are those of LRA's released code (`lra_benchmarks/text_classification/configs/
 base_tc_config.py`: max_length 1000; the paper's table lists 4K for this task).
@@ -36,9 +37,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.seed = config.get_ref("seed")
   config.data.dataset = "imdb_reviews"  # imdb_reviews | files
   config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
-  config.data.eval_split = "test"  # LRA validates and tests on IMDb's test split (no val split)
-  config.data.train_path = ""  # dataset=files: `label<TAB>text` rows (.tsv) or `label,text` (.csv)
-  config.data.eval_path = ""
+  # IMDb has no validation split (LRA selected and reported on test): hold out 10% of train.
+  config.data.train_split = "train[:90%]"  # tfds split trained on
+  config.data.validation_split = "train[90%:]"  # selects the checkpoint
+  config.data.test_split = "test"  # reports, once, on the selected checkpoint
+  # dataset=files: `label<TAB>text` rows (.tsv) or `label,text` (.csv)
+  config.data.train_path = ""  # train
+  config.data.validation_path = ""  # selects the checkpoint
+  config.data.test_path = ""  # reports
   config.data.num_classes = 2  # dataset=files only (imdb_reviews: 2)
   config.data.tokenizer = "byte"  # byte (LRA) | sentencepiece
   config.data.vocab_size = 8000  # sentencepiece only
@@ -46,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.vocab_max_chars = 10**7  # characters of training text the vocabulary is fitted on
   config.data.max_length = args.max_length  # bytes per review (LRA code: 1000; paper: 4000)
   config.data.batch_size = 32  # global (LRA: 32)
-  config.data.eval_examples = 0  # 0: the whole split (25000)
+  config.data.eval_examples = 0  # per eval split; 0: the whole split (test: 25000)
 
   # Model: an encoder with a [CLS] token and an MLP head (LRA: classifier_pool CLS).
   config.model = ml_collections.ConfigDict()

@@ -9,7 +9,8 @@ Data, on a connected machine (then copy the tfds directory here):
     # local parallel text (one sentence per line, plain or .gz):
     python main.py --config=configs/translation.py --workdir=runs/mt \
         --config.data.dataset=files --config.data.train_src=train.de \
-        --config.data.train_tgt=train.en --config.data.eval_src=dev.de --config.data.eval_tgt=dev.en
+        --config.data.train_tgt=train.en --config.data.dev_src=dev.de --config.data.dev_tgt=dev.en \
+        --config.data.test_src=test.de --config.data.test_tgt=test.en
 
 Model: Transformer-base (Vaswani et al. 2017: 512 dim, 8 heads, 6+6 layers, FFN 2048). flax
 examples/wmt's default is Transformer-big (1024 dim, 16 heads, FFN 4096, batch 256, 500K steps,
@@ -32,15 +33,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.name = "translation"
   config.data.seed = config.get_ref("seed")
   config.data.dataset = "wmt17_translate/de-en"  # or wmt14_translate/de-en | files
-  config.data.eval_dataset = "wmt14_translate/de-en"  # flax wmt: evaluates on wmt14
-  config.data.eval_split = "test"  # wmt14 test = newstest2014; validation = newstest2013
+  config.data.eval_dataset = "wmt14_translate/de-en"  # both eval splits' dataset (flax wmt: wmt14)
+  config.data.validation_split = "validation"  # selects the checkpoint: newstest2013 (wmt14)
+  config.data.test_split = "test"  # reports, once, on the selected checkpoint: newstest2014 (wmt14)
   config.data.data_dir = None  # tfds data directory; None: tfds' default (~/tensorflow_datasets)
   config.data.source_lang = source_lang  # de | en
   config.data.target_lang = target_lang
-  config.data.train_src = ""  # dataset=files: line-aligned parallel text
+  # dataset=files: line-aligned parallel text
+  config.data.train_src = ""  # train
   config.data.train_tgt = ""
-  config.data.eval_src = ""
-  config.data.eval_tgt = ""
+  config.data.dev_src = ""  # validation: selects the checkpoint
+  config.data.dev_tgt = ""
+  config.data.test_src = ""  # test: reports
+  config.data.test_tgt = ""
   config.data.vocab_size = 32000  # joint SentencePiece pieces (flax wmt: 32000)
   config.data.vocab_path = ""  # SentencePiece model; empty: trained into the workdir on first use
   config.data.vocab_max_chars = 10**7  # training characters for the vocabulary (flax wmt: 1e7)
@@ -48,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.pack = True  # several pairs per 256-token row (flax wmt: packed)
   config.data.bucket_by_length = False  # alternative to packing; varying shapes
   config.data.batch_size = 256  # global rows (flax wmt: 256)
-  config.data.eval_examples = 0  # 0: the whole split (3003 sentences in newstest2014)
+  config.data.eval_examples = 0  # per eval split; 0: the whole split (newstest2014: 3003)
 
   # Model: encoder-decoder Transformer.
   config.model = ml_collections.ConfigDict()

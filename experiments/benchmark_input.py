@@ -69,8 +69,8 @@ def make_cases(tmp: str) -> list[tuple[str, ml_collections.ConfigDict]]:
 
   translation = dict(
     name="translation", dataset="files", train_src=j("train.src"), train_tgt=j("train.tgt"),
-    eval_src=j("eval.src"), eval_tgt=j("eval.tgt"), vocab_size=8000, max_length=256,
-    vocab_path=j("translation.model"),
+    dev_src=j("eval.src"), dev_tgt=j("eval.tgt"), test_src=j("eval.src"), test_tgt=j("eval.tgt"),
+    vocab_size=8000, max_length=256, vocab_path=j("translation.model"),
   )  # fmt: skip
   return [
     ("synthetic reverse (len 4-16)", config(
@@ -79,12 +79,13 @@ def make_cases(tmp: str) -> list[tuple[str, ml_collections.ConfigDict]]:
       name="listops", data_dir=tmp, max_length=2000, batch_size=32)),
     ("text, bytes, TSV (max 4000)", config(
       name="text_classification", dataset="files", train_path=j("text_train.tsv"),
-      eval_path=j("text_eval.tsv"), max_length=4000, batch_size=32)),
+      validation_path=j("text_eval.tsv"), test_path=j("text_eval.tsv"), max_length=4000,
+      batch_size=32)),
     ("translation, SentencePiece, padded (256)", config(**translation, batch_size=64)),
     ("translation, SentencePiece, packed (256)", config(**translation, batch_size=64, pack=True)),
     ("lm, bytes, packed (512)", config(
-      name="lm", dataset="files", train_path=j("train.src"), eval_path=j("eval.src"),
-      tokenizer="byte", max_length=512, batch_size=32, pack=True)),
+      name="lm", dataset="files", train_path=j("train.src"), validation_path=j("eval.src"),
+      test_path=j("eval.src"), tokenizer="byte", max_length=512, batch_size=32, pack=True)),
   ]  # fmt: skip
 
 
