@@ -96,3 +96,45 @@ def mesh_section(shape: tuple[int, int, int] = (-1, 1, 1)) -> ml_collections.Con
     ("length", None),
   )
   return mesh
+
+
+# Hyperparameter search: an experiment file may define `get_search(arg)` returning
+# `search(loguniform("optimizer.learning_rate", 1e-4, 3e-2), ..., trials=20, budget={...})`.
+# Plain data: experiments/search.py turns each parameter into an Optuna suggestion.
+
+
+def loguniform(key: str, low: float, high: float) -> dict:
+  """A float field sampled on a log scale in [low, high] (low > 0)."""
+  return {"key": key, "kind": "float", "low": float(low), "high": float(high), "log": True}
+
+
+def uniform(key: str, low: float, high: float, step: float | None = None) -> dict:
+  """A float field in [low, high], on a grid of `step` if given."""
+  out = {"key": key, "kind": "float", "low": float(low), "high": float(high), "log": False}
+  return out | ({"step": float(step)} if step else {})
+
+
+def integer(key: str, low: int, high: int, step: int = 1, log: bool = False) -> dict:
+  """An int field in [low, high] (both included), every `step`, or on a log scale."""
+  return {"key": key, "kind": "int", "low": int(low), "high": int(high), "step": int(step),
+          "log": bool(log)}  # fmt: skip
+
+
+def choice(key: str, values) -> dict:
+  """One of `values` (numbers, strings, booleans)."""
+  return {"key": key, "kind": "choice", "values": list(values)}
+
+
+def search(
+  *params: dict,
+  trials: int = 20,
+  budget: dict | None = None,
+  metric: str | None = None,
+  direction: str | None = None,
+) -> dict:
+  """A search space: the parameters, finished trials per study, and the per-trial budget
+  (overrides every trial gets, e.g. `{"train.num_steps": 300}`). The objective is the validation
+  value of `metric` (default: the task's main metric, e.g. eval/sequence_accuracy, eval/loss,
+  eval/bleu) in its `direction` ("max" | "min"; default: the task's)."""
+  return {"params": list(params), "trials": int(trials), "budget": dict(budget or {}),
+          "metric": metric, "direction": direction}  # fmt: skip

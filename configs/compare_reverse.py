@@ -55,3 +55,18 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     ),
     product(axis("model.name", ["rnn_seq2seq"]), axis("model.attention.name", RNN_TYPES)),
   )
+
+
+def get_search(arg: str | None = None) -> dict:
+  """`--search --sweep`: per type, the peak learning rate and warm-up, 8 trials each with the
+  sweep's budget (`steps`, 5 evaluations); the objective is validation sequence accuracy. Then
+  each type's best trial runs with 3 seeds and the report compares the tuned types."""
+  from configs.common import integer, loguniform, search
+
+  args = parse_arg(arg, steps=STEPS, types="")
+  return search(
+    loguniform("optimizer.learning_rate", 3e-4, 3e-2),
+    integer("optimizer.warmup_steps", 10, 100, step=10),
+    trials=8,
+    budget={"train.num_steps": args.steps},
+  )

@@ -83,3 +83,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config
+
+
+SEARCH_STEPS = 200  # per trial: minutes for a whole search on 2 CPU cores
+
+
+def get_search(arg: str | None = None) -> dict:
+  """`--search`: peak learning rate, warm-up and dropout, 12 trials of at most SEARCH_STEPS
+  steps (`:steps=N` caps it further), evaluated 4 times for the pruner; the objective is the
+  task's: validation sequence accuracy, higher is better."""
+  from configs.common import integer, loguniform, search, uniform
+
+  steps = min(parse_arg(arg, steps=2500).steps, SEARCH_STEPS)
+  return search(
+    loguniform("optimizer.learning_rate", 1e-4, 3e-2),
+    integer("optimizer.warmup_steps", 10, 100, step=10),
+    uniform("model.dropout_rate", 0.0, 0.2),
+    trials=12,
+    budget={
+      "train.num_steps": steps,
+      "train.eval_every_steps": max(steps // 4, 1),
+      "train.log_every_steps": max(steps // 4, 1),
+      "train.checkpoint_every_steps": steps,
+    },
+  )

@@ -89,3 +89,27 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   """The long-range family on this task (a row of LRA's Table 1 per type); same for every arg."""
   del arg
   return long_range_sweep()
+
+
+SEARCH_STEPS = 1000  # per trial: a fifth of LRA's 5K steps
+
+
+def get_search(arg: str | None = None) -> dict:
+  """`--search` (with --sweep: per type of the long-range family): learning rate, weight decay and
+  dropout, 20 trials of at most SEARCH_STEPS steps (warm-up a fifth of them, 4 evaluations for
+  the pruner); the objective is validation accuracy."""
+  from configs.common import loguniform, search, uniform
+
+  steps = min(parse_arg(arg, steps=5000, data_dir="data/listops").steps, SEARCH_STEPS)
+  return search(
+    loguniform("optimizer.learning_rate", 1e-4, 5e-3),
+    loguniform("optimizer.weight_decay", 1e-3, 0.3),
+    uniform("model.dropout_rate", 0.0, 0.3),
+    trials=20,
+    budget={
+      "train.num_steps": steps,
+      "optimizer.warmup_steps": max(steps // 5, 1),
+      "train.eval_every_steps": max(steps // 4, 1),
+      "train.checkpoint_every_steps": steps,
+    },
+  )
