@@ -384,10 +384,10 @@ def make_datasets(
   each eval split, before sharding, so an eval set does not depend on the number of processes),
   and the optional `config.pack` / `config.bucket_by_length`.
   """
-  if set(evals) != set(SPLITS) or not set(SPLITS) | {"train"} <= set(splits):
+  if set(evals) != set(SPLITS) or set(splits) != {"train", *SPLITS}:
     raise ValueError(
-      f"make_datasets needs the eval splits {SPLITS} and a description of train and each, got "
-      f"{sorted(evals)} and {sorted(splits)}"
+      f"make_datasets takes the eval splits {', '.join(SPLITS)} and describes train and both; "
+      f"got evals {sorted(evals)}, splits {sorted(splits)}"
     )
   for split, examples in evals.items():
     if len(examples) == 0:

@@ -739,6 +739,16 @@ def test_tokenised_splits_are_cached_in_the_workdir(files, tmp_path, monkeypatch
   assert _same(first, _batches(load(config, workdir=str(tmp_path))))
 
 
+def test_cache_is_keyed_by_every_split_source(files, tmp_path):
+  config = task_configs(files)["text_classification/tsv"][0]
+  first = load(config, workdir=str(tmp_path))
+  config.test_path = files["text_validation"]  # only the test split's file changes
+  second = load(config, workdir=str(tmp_path))
+  assert len(os.listdir(tmp_path / "data_cache")) == 2
+  assert _rows(second.eval_dataset("test")) == _rows(first.eval_dataset("validation"))
+  assert _rows(second.eval_dataset("test")) != _rows(first.eval_dataset("test"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input: errors name the file and the line
 
