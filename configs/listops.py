@@ -33,13 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "listops"
   config.data.seed = config.get_ref("seed")
-  config.data.data_dir = args.data_dir  # holds basic_train.tsv, basic_val.tsv, basic_test.tsv
+  # holds basic_train.tsv (train), basic_val.tsv (validation: selects the checkpoint) and
+  # basic_test.tsv (test: reports, once, on the selected checkpoint)
+  config.data.data_dir = args.data_dir
   config.data.task = "basic"  # file prefix (LRA: basic)
-  config.data.eval_split = "val"  # val picks the best checkpoint; 'test' for LRA's reported number
   config.data.max_length = 2000  # tokens per expression (LRA: 2000)
   config.data.keep_parens = False  # LRA's '(' ')' only repeat the brackets (LRA drops them too)
   config.data.batch_size = 32  # global (LRA: 32)
-  config.data.eval_examples = 0  # 0: the whole split (2000 in LRA)
+  config.data.eval_examples = 0  # per eval split; 0: the whole split (2000 each in LRA)
 
   # Model: an encoder with a [CLS] token and an MLP head (LRA: pooling_mode CLS).
   config.model = ml_collections.ConfigDict()
