@@ -18,7 +18,7 @@ to the tuples below (e.g. synthesizer, or longformer to SELF_ONLY_TYPES) for a w
 import ml_collections
 
 from configs import default
-from configs.common import axis, chain, parse_arg, product
+from configs.common import parse_arg
 
 TRANSFORMER_TYPES = ("scaled_dot", "memory_efficient", "linear", "performer")
 SELF_ONLY_TYPES = ("sliding_window",)  # with scaled_dot cross attention
@@ -27,7 +27,7 @@ STEPS = 300
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, steps=STEPS)
+  args = parse_arg(arg, steps=STEPS, types="")  # types: see get_sweep
   config = default.get_config(f"steps={args.steps}")
   config.data.update(min_length=4, max_length=12, batch_size=32, eval_examples=256)
   config.model.update(
@@ -44,17 +44,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+def _point(name: str) -> dict:
+  family = "rnn_seq2seq" if name in RNN_TYPES else "transformer"
+  point = {"model.name": family, "model.attention.name": name}
+  if name in SELF_ONLY_TYPES:
+    point["model.cross_attention"] = "scaled_dot"
+  return point
+
+
 def get_sweep(arg: str | None = None) -> list[dict]:
-  parse_arg(arg, steps=STEPS)  # the same arguments as get_config
-  return chain(
-    product(axis("model.name", ["transformer"]), axis("model.attention.name", TRANSFORMER_TYPES)),
-    product(
-      axis("model.name", ["transformer"]),
-      axis("model.attention.name", SELF_ONLY_TYPES),
-      axis("model.cross_attention", ["scaled_dot"]),
-    ),
-    product(axis("model.name", ["rnn_seq2seq"]), axis("model.attention.name", RNN_TYPES)),
-  )
+  """One point per type; `types=a+b` keeps only those, in that order (the first is the report's
+  baseline)."""
+  args = parse_arg(arg, steps=STEPS, types="")
+  every = TRANSFORMER_TYPES + SELF_ONLY_TYPES + RNN_TYPES
+  wanted = args.types.split("+") if args.types else list(every)
+  unknown = [t for t in wanted if t not in every]
+  if unknown:
+    raise ValueError(f"types={args.types!r}: unknown {unknown}; valid: {'+'.join(every)}")
+  return [_point(t) for t in wanted]
 
 
 def get_search(arg: str | None = None) -> dict:

@@ -61,18 +61,18 @@ def group_name(overrides: dict[str, Any]) -> str:
 
 
 def groups(rows: Sequence[dict[str, Any]], order: Sequence[str] = ()) -> list[Group]:
-  """Groups of `rows` (report rows), in `order` of their names first, then as they come."""
+  """Groups of `rows` (report rows): those named in `order` in that order, then by name."""
   out: dict[str, Group] = {}
   for r in rows:
     shared = {k: v for k, v in r["swept"].items() if k != "seed"}
-    name = group_name(shared)
+    name = group_name(shared) if r["swept"] else r["point"]  # a run outside a sweep: alone
     group = out.setdefault(name, Group(name, shared, {}, []))
     if r.get("status") == "finished":
       group.runs[r["seed"]] = r
     else:
       group.missing.append(f"{r['point']}: {r.get('status', 'not run')}")
   rank = {name: i for i, name in enumerate(order)}
-  return sorted(out.values(), key=lambda g: rank.get(g.name, len(rank)))
+  return sorted(out.values(), key=lambda g: (rank.get(g.name, len(rank)), g.name))
 
 
 def sweep_order(directory: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Training never loses work: preemption, kill -9, failed saves, damaged checkpoints, non-finite
 numbers, refused workdirs. The `slow` tests run `main.py` in subprocesses, as a user would."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -259,7 +260,7 @@ def _poison_steps(monkeypatch, steps: set[int]) -> None:
       # batch b is the one step b + 1 trains on
       return datasets.train_dataset(start_batch).enumerate(start_batch + 1).map(poison)
 
-    return type(datasets)(train_dataset, datasets.eval_dataset, datasets.info)
+    return dataclasses.replace(datasets, train_dataset=train_dataset)
 
   monkeypatch.setattr(input_pipeline, "get_datasets", get_datasets)
 

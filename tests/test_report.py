@@ -4,8 +4,11 @@ import csv
 import json
 import os
 import time
+from pathlib import Path
 
-from experiments import report, sweep
+import pytest
+
+from experiments import report, stats, sweep
 from tests.test_sweep import write_experiment
 from tests.tiny import tiny_config
 
@@ -21,20 +24,115 @@ def read_csv(path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def fake_run(directory, name: str, best: float, final: float, metric: str = "eval/loss") -> None:
+def fake_run(
+  directory,
+  name: str,
+  best: float,
+  final: float,
+  metric: str = "eval/loss",
+  seed=None,
+  test: float | None = None,
+) -> None:
   """A finished run's files as the loop writes them (no checkpoints)."""
-  run = directory / name
+  run = directory / (name if seed is None else f"{name},seed={seed}")
   run.mkdir(parents=True)
-  _write(run / "overrides.json", {"model.attention.name": name})
+  overrides = {"model.attention.name": name} | ({} if seed is None else {"seed": seed})
+  _write(run / "overrides.json", overrides)
+  test = best if test is None else test
   _write(run / "results.json", {
-    "config": {}, "step": 20, "status": "finished", "main_metric": metric,
+    "config": {"seed": 0}, "step": 20, "status": "finished", "main_metric": metric,
     "metrics": {metric: final, "eval/loss": final}, "best": {metric: best}, "best_step": 10,
-    "throughput": {"steps_per_sec": 10.0 * best, "tokens_per_sec": 1000.0 * best},
-    "params": 1234, "compile_seconds": 1.5, "peak_memory_bytes": int(best * 2**20),
-    "wall_seconds": 30.0,
+    "test": {metric.replace("eval/", "test/"): test}, "splits": {"test": "held out"},
+    "throughput": {"steps_per_sec": 10.0 * best, "tokens_per_sec": 1000.0 * best,
+                   "steady_steps_per_sec": 20.0 * best},
+    "flops_per_step": 1e6, "params": 1234, "compile_seconds": 1.5,
+    "peak_memory_bytes": int(best * 2**20), "wall_seconds": 30.0,
   })  # fmt: skip
   lines = [{"step": s, "wall_seconds": 2.0 * s, metric: final + 1 / s} for s in (5, 10, 20)]
   (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+  """The cells of the first table after `heading` in a report."""
+  block = text.split(heading, 1)[1]
+  lines = [ln for ln in block.split("\n\n##")[0].splitlines() if ln.startswith("|")]
+  return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
+
+
+def test_groups_over_seeds_intervals_paired_tests_and_holm(tmp_path):
+  """Three groups of accuracy runs over seeds 0-2 (one seed of `c` missing): every number in the
+  comparison table equals the statistics module's on the same values."""
+  metric = "eval/accuracy"
+  tests = {"a": [0.80, 0.82, 0.84], "b": [0.60, 0.61, 0.66], "c": [0.81, 0.86]}
+  for name, values in tests.items():
+    for seed, value in enumerate(values):
+      fake_run(tmp_path, name, best=value + 0.01, final=value, metric=metric, seed=seed, test=value)
+  broken = tmp_path / "c,seed=2"
+  broken.mkdir()
+  _write(broken / "overrides.json", {"model.attention.name": "c", "seed": 2})
+  (broken / "error.txt").write_text("RuntimeError: out of memory\n")
+
+  text = Path(report.write_report(str(tmp_path), baseline="a")).read_text()
+  assert "**Protocol.**" in text and "selected on the validation split" in text
+  assert "reported on the test split" in text and "Holm-corrected over the 2 comparisons" in text
+  rows = _table(text, "## Comparison at equal steps (test split)")
+  assert [r[0] for r in rows] == ["c", "**a**", "b"]  # by test mean, higher first
+  by_name = {r[0].strip("*"): r for r in rows}
+  base = {s: v for s, v in enumerate(tests["a"])}
+  p_b = stats.paired(base, dict(enumerate(tests["b"]))).p
+  p_c = stats.paired(base, dict(enumerate(tests["c"]))).p
+  holm_b, holm_c = stats.holm([p_b, p_c])
+  for name, p in (("b", holm_b), ("c", holm_c)):
+    s = stats.summarize(tests[name])
+    row = by_name[name]
+    assert row[1] == str(len(tests[name]))
+    assert row[3] == f"{s.center:.4f} ± {s.std:.4f}"
+    assert row[4] == f"[{s.low:.4f}, {s.high:.4f}]"
+    assert row[6] == f"{p:.4f}"
+  assert by_name["c"][2] == "0, 1 (1 missing)"
+  assert by_name["a"][7] == "baseline"
+  assert holm_b < 0.05 and by_name["b"][7] == "worse"
+  assert by_name["c"][7] == "no detectable difference"
+  assert "## Comparison at equal training time (validation split)" in text
+  assert "## Comparison at equal training FLOPs (validation split)" in text
+  with pytest.raises(ValueError, match="matches no group; groups: 'a', 'b', 'c'"):
+    report.write_report(str(tmp_path), baseline="zzz")
+  for figure in ("curves.png", "tradeoff.png"):
+    assert (tmp_path / "report" / figure).read_bytes().startswith(PNG)
+
+
+def test_one_seed_per_group_says_there_is_no_interval(tmp_path):
+  for name, value in (("a", 0.5), ("b", 0.7)):
+    fake_run(tmp_path, name, best=value, final=value, metric="eval/accuracy", seed=0)
+  text = Path(report.write_report(str(tmp_path))).read_text()
+  rows = _table(text, "## Comparison at equal steps (test split)")
+  assert [r[0] for r in rows] == ["b", "**a**"]  # the first group is the default baseline
+  assert rows[0][4] == "n = 1: no interval" and rows[0][7] == "n = 1: no test"
+  assert rows[0][5].startswith("+0.2000 (one shared seed)")
+
+
+def test_equal_time_view_takes_the_last_evaluation_within_the_shortest_budget(tmp_path):
+  """A run twice as fast gets the evaluation it reached in the slower group's training time."""
+  from experiments import comparison
+
+  for name, rate in (("slow", 1.0), ("fast", 2.0)):
+    fake_run(tmp_path, name, best=0.5, final=0.5, metric="eval/accuracy", seed=0)
+    results = json.loads((tmp_path / f"{name},seed=0" / "results.json").read_text())
+    results["throughput"]["steady_steps_per_sec"] = rate
+    _write(tmp_path / f"{name},seed=0" / "results.json", results)
+    curve = [{"step": s, "wall_seconds": 1.0, "eval/accuracy": s / 100} for s in (5, 10, 20)]
+    (tmp_path / f"{name},seed=0" / "metrics.jsonl").write_text(
+      "".join(json.dumps(x) + "\n" for x in curve)
+    )
+  rows = report.collect(str(tmp_path))
+  groups = comparison.groups(rows)
+  view = comparison.view("time", groups, groups[0], "eval/accuracy", "max")
+  values = {r.group.name: r.values[0] for r in view.rows}
+  # slow: 20 steps in 20 s; fast: 20 steps in 10 s. Budget: the shorter total, 10 s: slow reaches
+  # step 10 (0.10) within it, fast its last step 20 (0.20).
+  assert values == {"fast": pytest.approx(0.20), "slow": pytest.approx(0.10)}
+  flops = comparison.view("flops", groups, groups[0], "eval/accuracy", "max")
+  assert {r.group.name: r.values[0] for r in flops.rows} == {"fast": 0.2, "slow": 0.2}
 
 
 def test_rows_statuses_order_and_bold_for_a_lower_is_better_metric(tmp_path, capsys):
@@ -63,14 +161,13 @@ def test_rows_statuses_order_and_bold_for_a_lower_is_better_metric(tmp_path, cap
   assert statuses["busy"] == "running (step 10/50)"
   with open(path) as f:
     text = f.read()
-  assert "| c | **1.5000** | **1.0000** |" in text  # the lowest loss is the best
-  assert "| a | 3.5000 | 3.0000 |" in text and "**3,000**" in text  # a: the fastest
-  assert "lower is better" in text and "no map for c" in text
+  assert "| c | **1.5000** | **1.0000** | **1.0000** |" in text  # the lowest loss is the best
+  assert "| a | 3.5000 | 3.0000 | 3.0000 |" in text and "**3,000**" in text  # a: the fastest
+  assert "lower is better" in text and "no map for c (seed 0)" in text
   report.print_summary(path, top=2)
   out = capsys.readouterr().out
-  assert out.startswith(f"report: {path}") and "... and 4 more rows" in out
-  for figure in ("curves.png", "tradeoff.png"):
-    assert (tmp_path / "report" / figure).read_bytes().startswith(PNG)
+  assert out.startswith(f"report: {path}") and "... and 4 more rows" in out  # 6 groups
+  assert "verdict" in out and "95% CI" in out
 
 
 def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
@@ -89,12 +186,14 @@ def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
   assert {(r["status"], r["main_metric"]) for r in rows} == {("finished", "eval/sequence_accuracy")}
   assert float(rows[0]["best"]) >= float(rows[1]["best"])  # higher is better here
   assert all(0 <= float(r["final"]) <= float(r["best"]) <= 1 for r in rows)
-  for key in ("eval_loss", "params", "steps_per_sec", "tokens_per_sec", "peak_memory_mib",
-              "compile_seconds", "wall_seconds"):  # fmt: skip
+  assert all(0 <= float(r["test"]) <= 1 for r in rows)
+  for key in ("eval_loss", "params", "steps_per_sec", "steady_steps_per_sec", "tokens_per_sec",
+              "flops_per_step", "peak_memory_mib", "compile_seconds", "wall_seconds"):  # fmt: skip
     assert all(float(r[key]) > 0 for r in rows), key
   text = (out / "report.md").read_text()
-  table = [ln for ln in text.splitlines() if ln.startswith("|")]
-  assert len(table) == 4 and "eval/sequence_accuracy (best)" in table[0] and "**" in text
+  assert "Baseline: **scaled_dot**" in text  # the sweep's first point (sweep.json)
+  table = _table(text, "## Every run")
+  assert len(table) == 2 and "**" in text
   for name in ("curves.png", "tradeoff.png", "attention_attention.name=scaled_dot.png",
                "attention_attention.name=additive.png"):  # fmt: skip
     data = (out / name).read_bytes()
@@ -104,3 +203,7 @@ def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
   report.main([str(runs), "--max_maps=0", "--speed=steps_per_sec", "--top=1"])
   out = capsys.readouterr().out
   assert "report: " in out and "... and 1 more rows" in out
+  with pytest.raises(SystemExit) as stopped:
+    report.main([str(runs), "--baseline=nope"])
+  assert stopped.value.code == 2
+  assert "--baseline='nope' matches no group" in capsys.readouterr().err

@@ -93,6 +93,44 @@ def test_overrides_are_type_checked_and_unknown_keys_named():
     sweep.apply_overrides(tiny_config(), {"model.num_heads": "four"})
 
 
+def test_seeds_repeat_every_point_and_group_by_the_other_overrides(tmp_path):
+  path = write_experiment(tmp_path / "experiment.py", 'axis("model.attention.name", ["a", "b"])')
+  points = sweep.load_sweep(path, seeds=3)
+  assert points == [{"model.attention.name": n, "seed": s} for n in ("a", "b") for s in range(3)]
+  assert sweep.point_name(points[1]) == "attention.name=a,seed=1"
+  assert sweep.group_overrides(points[4]) == {"model.attention.name": "b"}
+  assert sweep.load_sweep(path) == [{"model.attention.name": "a"}, {"model.attention.name": "b"}]
+  plain = tmp_path / "plain.py"
+  plain.write_text("def get_config(arg=None):\n  return None\n")
+  assert sweep.load_sweep(str(plain), seeds=2) == [{"seed": 0}, {"seed": 1}]  # one point
+  with pytest.raises(validate.ConfigError, match="defines no get_sweep"):
+    sweep.load_sweep(str(plain))
+  seeded = write_experiment(tmp_path / "seeded.py", 'axis("seed", [0, 1])')
+  with pytest.raises(validate.ConfigError, match="already sets `seed`; drop --seeds"):
+    sweep.load_sweep(seeded, seeds=2)
+
+
+def test_seeds_of_a_group_share_one_compilation(tmp_path):
+  """Three seeds: one cached train step in DIR/compile_cache; the seeds still train apart."""
+  path = write_experiment(
+    tmp_path / "experiment.py", 'axis("model.attention.name", ["scaled_dot"])', steps=4
+  )
+  runs = tmp_path / "runs"
+  assert sweep.run(tiny_config(steps=4), path, str(runs), seeds=3) == ["finished"] * 3
+  cached = os.listdir(runs / "compile_cache")
+  assert len([f for f in cached if f.startswith("jit_train_step")]) == 1, cached
+  assert len([f for f in cached if f.startswith("jit_init")]) == 1, cached
+  results = [
+    json.loads((runs / f"attention.name=scaled_dot,seed={s}" / "results.json").read_text())
+    for s in range(3)
+  ]
+  assert len({r["metrics"]["eval/loss"] for r in results}) == 3  # different seeds, runs
+  listed = json.loads((runs / "sweep.json").read_text())
+  assert [p["name"] for p in listed["points"]] == [
+    f"attention.name=scaled_dot,seed={s}" for s in range(3)
+  ]
+
+
 def test_point_command_repeats_the_command_line_for_one_point():
   argv = ["main.py", "--config=c.py:steps=5", "--workdir", "w", "--sweep", "--sweep_parallel", "3",
           "--config.model.emb_dim=8"]  # fmt: skip
@@ -109,7 +147,7 @@ def test_parallel_statuses_of_processes_that_crash_or_stop(tmp_path):
   script.write_text(
     "import sys\nk = int(sys.argv[-1].split('=')[1])\nprint('boom', k)\nsys.exit(3 * (k == 0))\n"
   )
-  statuses = sweep._run_parallel(["p0", "p1"], str(tmp_path), 2, [str(script)])
+  statuses = sweep._run_parallel(["p0", "p1"], str(tmp_path), 2, [str(script)], str(tmp_path))
   assert statuses == ["failed", "preempted"]
   error = (tmp_path / "p0" / "error.txt").read_text()
   assert error.startswith("the point's process exited with status 3") and "boom 0" in error

@@ -1,14 +1,20 @@
 """The one loop end to end: learning, outputs, resume, sharding equivalence."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from experiments import preemption, train
+import input_pipeline
+import models
+from experiments import optim, preemption, sharding, train
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +62,78 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
     [r["train/loss"] for r in _log(tmp_path / d) if "train/loss" in r] for d in ("full", "split")
   ]
   np.testing.assert_allclose(train_losses[1][-3:], train_losses[0][-3:], rtol=1e-6)
+
+
+def test_validation_selects_and_test_is_evaluated_once_at_the_selected_checkpoint(
+  tmp_path, monkeypatch
+):
+  """A task whose test split disagrees with validation (its targets are scrambled): the best
+  checkpoint is still the validation argmax, test is read once, after training, from it."""
+  real = input_pipeline.get_datasets
+  reads = []
+
+  def get_datasets(*args, **kwargs):
+    datasets = real(*args, **kwargs)
+
+    def eval_dataset(split="validation"):
+      reads.append(split)
+      ds = datasets.eval_dataset(split)
+      if split == "test":  # every target the last symbol: what the model learns scores ~0
+        ds = ds.map(lambda b: {**b, "targets": tf.where(b["targets"] > 0, 15, 0)})
+      return ds
+
+    return dataclasses.replace(datasets, eval_dataset=eval_dataset)
+
+  monkeypatch.setattr(input_pipeline, "get_datasets", get_datasets)
+  config = tiny_config(steps=24)
+  config.train.eval_every_steps = 6
+  config.optimizer.learning_rate = 1e-2
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert reads == ["validation", "test"]  # read once each; test only after the last step
+  evals = [r for r in _log(tmp_path) if "eval/sequence_accuracy" in r]
+  assert not any(k.startswith("test/") for r in _log(tmp_path) for k in r)
+  best = max(evals, key=lambda r: (r["eval/sequence_accuracy"], -r["step"]))  # first of the best
+  assert results["best_step"] == best["step"]
+  assert results["best"]["eval/accuracy"] == pytest.approx(best["eval/accuracy"])
+  assert set(results["test"]) == {"test/loss", "test/accuracy", "test/sequence_accuracy"}
+  assert results["test"]["test/accuracy"] < 0.5 * results["best"]["eval/accuracy"]
+  assert set(results["splits"]) == {"train", "validation", "test"}
+
+
+def test_on_eval_can_prune_a_run(tmp_path):
+  seen = []
+
+  def prune_at_second_eval(step, metrics):
+    seen.append((step, sorted(metrics)))
+    return len(seen) == 2
+
+  config = tiny_config(steps=24)
+  config.train.eval_every_steps = 6
+  results = train.train_and_evaluate(config, str(tmp_path), on_eval=prune_at_second_eval)
+  assert [s for s, _ in seen] == [6, 12]
+  assert seen[0][1] == ["eval/accuracy", "eval/loss", "eval/sequence_accuracy"]
+  assert results["status"] == "pruned" and results["step"] == 12 and results["test"] == {}
+  assert json.loads((tmp_path / "results.json").read_text())["status"] == "pruned"
+  assert "12" in os.listdir(tmp_path / "checkpoints" / "latest")
+
+
+def test_runs_that_differ_only_in_seed_lower_to_the_same_program():
+  """The seed is data in the state, not a constant in the step: one compilation serves all."""
+  texts = []
+  for seed in (0, 1):
+    config = tiny_config(steps=4)
+    config.seed = seed
+    datasets = input_pipeline.get_datasets(config.data)
+    model = models.build(config.model, datasets.info)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    tx = optim.create(config.optimizer, config.train.num_steps)
+    batch = next(datasets.train_dataset(0).as_numpy_iterator())
+    with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
+      state, state_sharding = train.create_state(config, model, tx, mesh, batch)
+      step = train.make_steps(config, datasets.info.kind, state_sharding, mesh)
+      texts.append(step.train.jitted.lower(state, batch).as_text())
+    assert int(jax.random.key_data(jax.random.key(seed))[1]) == int(state.rng[1])
+  assert texts[0] == texts[1]
 
 
 SHARDED_RUN = """
