@@ -286,6 +286,32 @@ def _group_extras(groups: list[comparison.Group], speed: str) -> dict[str, dict[
   return out
 
 
+POWER_EFFECTS = (0.01, 0.02, 0.05, 0.1)  # differences as fractions of the baseline's mean
+
+
+def power_table(view: comparison.View) -> str | None:
+  """Seeds a paired t-test needs (power 0.8, α = 0.05) to detect differences of 1-10% of the
+  baseline's mean, given each group's measured spread of paired differences (None without one)."""
+  base = view.baseline
+  rows = [r for r in view.rows if r.difference is not None and r.difference.n > 1]
+  if base is None or base.summary is None or not rows or not base.summary.center:
+    return None
+  scale = abs(base.summary.center)
+  headers = ["group", "std of paired differences",
+             *(f"Δ = {f:.0%} ({f * scale:.3g})" for f in POWER_EFFECTS)]  # fmt: skip
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  for r in rows:
+    d = [r.values[s] - base.values[s] for s in sorted(set(r.values) & set(base.values))]
+    sd = stats.summarize(d).std
+    if not sd:
+      cells = ["—"] * len(POWER_EFFECTS)  # identical on every seed: any difference is visible
+    else:
+      needed = [stats.seeds_needed(f * scale, sd) for f in POWER_EFFECTS]
+      cells = [f"{n}" if n else "> 1000" for n in needed]
+    lines.append("| " + " | ".join([r.group.name, f"{sd:.4f}", *cells]) + " |")
+  return "\n".join(lines)
+
+
 def protocol(
   rows: list[dict[str, Any]], groups: list[comparison.Group], baseline, metric: str, test: str
 ) -> str:
@@ -352,6 +378,15 @@ def write_report(
       f"{stats.ALPHA}, else *no detectable difference* (more seeds may find one: see "
       "docs/experiments.md for how many).\n",
     ]
+    power = power_table(steps)
+    if power:
+      text += [
+        "### How many seeds\n",
+        "Seeds a paired t-test needs to detect a difference of the given size from the "
+        "baseline with power 0.8 at α = 0.05, from each group's measured spread of paired "
+        "differences (the Holm correction asks somewhat more).\n",
+        power + "\n",
+      ]
     for name, title in (("time", "equal training time"), ("flops", "equal training FLOPs")):
       v = views[name]
       if any(r.summary for r in v.rows):
@@ -442,6 +477,10 @@ def main(argv: list[str] | None = None) -> None:
   except ValueError as e:  # e.g. a --baseline that names no group
     parser.exit(2, f"error: {e}\n")
   print_summary(path, args.top)
+  if os.path.exists(os.path.join(args.directory, "search.json")):  # a hyperparameter search
+    from experiments import search_report
+
+    print(f"search report: {search_report.write_report(args.directory)}", flush=True)
 
 
 if __name__ == "__main__":

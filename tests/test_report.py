@@ -93,6 +93,11 @@ def test_groups_over_seeds_intervals_paired_tests_and_holm(tmp_path):
   assert by_name["a"][7] == "baseline"
   assert holm_b < 0.05 and by_name["b"][7] == "worse"
   assert by_name["c"][7] == "no detectable difference"
+  power = {r[0]: r for r in _table(text, "### How many seeds")}
+  d = [b - a for a, b in zip(tests["a"], tests["b"], strict=True)]
+  sd, scale = stats.summarize(d).std, stats.summarize(tests["a"]).center
+  assert power["b"][1] == f"{sd:.4f}"
+  assert power["b"][2:] == [str(stats.seeds_needed(f * scale, sd)) for f in (0.01, 0.02, 0.05, 0.1)]
   assert "## Comparison at equal training time (validation split)" in text
   assert "## Comparison at equal training FLOPs (validation split)" in text
   with pytest.raises(ValueError, match="matches no group; groups: 'a', 'b', 'c'"):
