@@ -249,13 +249,17 @@ def make_pruner(name: str, num_steps: int, eval_every: int) -> optuna.pruners.Ba
 
 
 def storage_url(workdir: str, url: str | None) -> str:
-  """`url`, or the SQLite file in the workdir."""
+  """`url`, or the SQLite file in the workdir. A bare `postgresql://` gets the psycopg2 driver
+  (pinned in requirements.txt; SQLAlchemy 2.1's default for it is psycopg 3)."""
+  if url and url.startswith("postgresql://"):
+    return "postgresql+psycopg2://" + url[len("postgresql://") :]
   return url or f"sqlite:///{os.path.join(os.path.abspath(workdir), STORE)}"
 
 
 def open_storage(url: str, heartbeat: int | None = 20) -> optuna.storages.RDBStorage:
   """An RDB storage (SQLite file, PostgreSQL, MySQL) with heartbeats: a trial whose worker died
   is failed after 2 x `heartbeat` seconds and queued again."""
+  url = storage_url("", url)
   kwargs: dict[str, Any] = {"pool_pre_ping": True}
   if url.startswith("sqlite"):
     kwargs = {"connect_args": {"timeout": 120}}  # several local workers wait for the file lock
@@ -562,7 +566,7 @@ def _open_study(storage, s: _Study, options: Options, space: Space, n: int) -> o
 def _write_manifest(workdir: str, experiment: str, options: Options, space, studies, n) -> None:
   manifest = {
     "experiment": experiment,
-    "storage": _safe_url(options.storage) if options.storage else None,  # None: DIR/study.db
+    "storage": _safe_url(storage_url(workdir, options.storage)) if options.storage else None,
     "trials": n,
     "budget": space.budget,
     "params": space.params,
