@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python main.py --config=configs/compare_reverse.py --workdir=$(WORKDIR) --sweep
+	$(BIN)/python main.py --config=configs/compare_reverse.py --workdir=$(WORKDIR) --sweep --seeds=3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
