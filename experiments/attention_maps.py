@@ -29,8 +29,8 @@ AXES = {"inputs": "source", "targets": "target", "inputs2": "second input"}
 
 
 def _example(datasets) -> dict[str, np.ndarray]:
-  """The valid example with the most tokens in the first eval batch, as a batch of one."""
-  batch = next(datasets.eval_dataset().as_numpy_iterator())
+  """The valid example with the most tokens in the first validation batch, as a batch of one."""
+  batch = next(datasets.eval_dataset("validation").as_numpy_iterator())
   tokens = sum((v > 0).reshape(len(v), -1).sum(1) for k, v in batch.items() if k in AXES)
   tokens = np.where(batch.get("valid", np.ones_like(tokens, bool)), tokens, -1)
   i = int(np.argmax(tokens))
