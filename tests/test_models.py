@@ -1,8 +1,9 @@
 """Every model family builds and trains one step; every attention type in the roles it fits.
 
 By default each attention type runs in the most demanding Transformer family it fits (the
-encoder/decoder blocks are shared by all of them) and every family runs with `scaled_dot`;
-`MODELS_FULL_MATRIX=1` runs every family with every fitting attention type.
+encoder/decoder blocks are shared by all of them), each long-range type in every family that
+accepts it, and every family runs with `scaled_dot`; `MODELS_FULL_MATRIX=1` runs every family
+with every fitting attention type.
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import models
+from configs.common import LONG_RANGE_TYPES
 from models import attention
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -76,10 +78,11 @@ def labels_of(kind, batch):
 
 
 def train_step(model_config: dict, kind: str):
-  """Init + one loss/grad; returns (loss, grads, logits shape)."""
+  """Init + one loss/grad; returns (loss, grads, logits, logits with input token 1 changed)."""
   info = Info(kind=kind)
   model = models.build(model_config, info)
   batch = batch_for(kind)
+  changed = {**batch, "inputs": batch["inputs"].at[:, 1].set(9)}  # valid in both rows
   labels = batch[labels_of(kind, batch)]
   rngs = {"dropout": jax.random.key(1), "attention": jax.random.key(2)}
 
@@ -89,23 +92,31 @@ def train_step(model_config: dict, kind: str):
     def loss_fn(params):
       logits = model.apply({"params": params}, batch, train=True, rngs=rngs)
       logp = jax.nn.log_softmax(logits)
-      return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1)), logits.shape
+      return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1)), logits
 
-    (loss, shape), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    return loss, grads, shape
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    other = model.apply(variables, changed, train=True, rngs=rngs)
+    return loss, grads, logits, other
 
-  loss, grads, shape = jax.jit(step)(jax.random.key(0))
-  return loss, grads, shape, info
+  loss, grads, logits, other = jax.jit(step)(jax.random.key(0))
+  return loss, grads, logits, other, info
 
 
 def assert_trains(model_config: dict, kind: str):
-  loss, grads, shape, info = train_step(model_config, kind)
+  """One step is finite, every parameter leaf is finite, the logits have the task's shape, and
+  they read the inputs (a changed input token changes them; for lm, the positions after it)."""
+  loss, grads, logits, other, info = train_step(model_config, kind)
   assert np.isfinite(float(loss))
-  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(nn.unbox(grads)))
+  leaves = jax.tree.leaves(nn.unbox(grads))
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert sum(bool(np.any(np.asarray(g) != 0)) for g in leaves) > len(leaves) // 2
   if kind in ("seq2seq", "lm"):
-    assert shape[-1] == info.vocab_size
+    assert logits.shape[-1] == info.vocab_size
   else:
-    assert shape == (2, info.num_classes)
+    assert logits.shape == (2, info.num_classes)
+  start = 2 if kind == "lm" else 0  # lm logits at t read the inputs before t
+  for row in range(2):
+    assert not np.allclose(logits[row, start:], other[row, start:], atol=1e-6), row
 
 
 def fits(family: str, attention_name: str) -> bool:
@@ -159,13 +170,25 @@ def test_every_family_is_covered():
     assert KINDS[name] in cls.task_kinds
 
 
-@pytest.mark.skipif(not os.environ.get("MODELS_FULL_MATRIX"), reason="set MODELS_FULL_MATRIX=1")
+FULL_MATRIX = bool(os.environ.get("MODELS_FULL_MATRIX"))
+
+
 @pytest.mark.parametrize("family", sorted(KINDS))
 @pytest.mark.parametrize("attention_name", sorted(attention.REGISTRY))
-def test_full_matrix(family, attention_name):
+def test_every_long_range_type_in_every_family(family, attention_name):
+  """By default each long-range type (`configs.common.LONG_RANGE_TYPES`) in every family that
+  accepts it, without dropout (dropout is tested per type in test_dropout.py); the other types
+  run in their hardest family above. `MODELS_FULL_MATRIX=1`: every type, with dropout."""
   if not fits(family, attention_name):
     pytest.skip(f"{attention_name} does not fit {family}")
-  assert_trains(tiny(family, attention_name), KINDS[family])
+  if not FULL_MATRIX:
+    if attention_name not in LONG_RANGE_TYPES:
+      pytest.skip("not a long-range type; set MODELS_FULL_MATRIX=1")
+    if family == hardest_family(attention_name):
+      pytest.skip("run by test_attention_type_trains_in_transformer_roles")
+  rate = 0.1 if FULL_MATRIX else 0.0
+  config = tiny(family, attention_name, dropout_rate=rate, attention_dropout_rate=rate)
+  assert_trains(config, KINDS[family])
 
 
 @pytest.mark.parametrize("family", sorted(KINDS))
