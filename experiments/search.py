@@ -370,6 +370,8 @@ def make_objective(
 
   def objective(trial: optuna.Trial) -> float:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if trial.user_attrs.get("stopped"):  # a retry inherits its original's attributes
+      trial.set_user_attr("stopped", False)
     try:
       return _objective(trial)
     except (optuna.TrialPruned, _Surplus, _Stopped):
@@ -648,16 +650,20 @@ def run_tuned(config, workdir, space, studies, opened, seeds: int) -> list[str]:
   the comparison report of those runs (validation-selected checkpoints, evaluated on test)."""
   tuned_dir = os.path.join(workdir, TUNED)
   budget_config = sweep.apply_overrides(config, space.budget)
-  statuses = []
+  sweep.use_compile_cache(tuned_dir)  # the seeds of a point lower to the same programs
+  points = []
   for s in studies:
     try:
       best = opened[s.name].best_trial
     except ValueError:
       logging.warning("study %s has no complete trial; no tuned runs for it", s.name)
       continue
-    for seed in range(seeds):
-      overrides = {**s.point, **best.params, "seed": seed}
-      statuses.append(sweep.run_point(budget_config, overrides, tuned_dir))
+    points += [{**s.point, **best.params, "seed": seed} for seed in range(seeds)]
+  os.makedirs(tuned_dir, exist_ok=True)
+  listing = [{"name": sweep.point_name(p), "overrides": p} for p in points]
+  with open(os.path.join(tuned_dir, "sweep.json"), "w") as f:  # the report's order and baseline
+    json.dump({"experiment": "tuned", "seeds": seeds, "points": listing}, f, indent=1, default=str)
+  statuses = [sweep.run_point(budget_config, p, tuned_dir) for p in points]
   if jax.process_index() == 0 and statuses:
     report.print_summary(report.write_report(tuned_dir))
   return statuses

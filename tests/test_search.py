@@ -184,6 +184,51 @@ def test_rerun_continues_to_the_requested_trials_without_repeating(tmp_path):
   assert counts["finished"] == 2 and len(study.trials) == 2
 
 
+SWEPT_SEARCH = """
+from configs.common import axis, loguniform, search
+from tests.tiny import tiny_config
+
+def get_config(arg=None):
+  return tiny_config(steps=4)
+
+def get_sweep(arg=None):
+  return axis("model.attention.name", ["scaled_dot", "dot"])
+
+def get_search(arg=None):
+  return search(loguniform("optimizer.learning_rate", 1e-3, 1e-2), trials=1,
+                budget={"train.num_steps": 4, "train.eval_every_steps": 2})
+"""
+
+
+def test_search_per_point_then_the_tuned_points_with_seeds(tmp_path):
+  """--search --sweep: a study per point with the same trials and budget, then each point's best
+  trial with seeds 0 and 1 in DIR/tuned/, whose report compares the tuned points on test."""
+  path = tmp_path / "experiment.py"
+  path.write_text(SWEPT_SEARCH)
+  workdir = tmp_path / "runs"
+  options = search.Options(sweep=True, seeds=2, pruner="none")
+  counts = search.run(tiny_config(steps=4), str(path), str(workdir), options)
+  names = ["attention.name=scaled_dot", "attention.name=dot"]
+  assert list(counts) == names and all(c["finished"] == 1 for c in counts.values())
+  for name in names:
+    study = optuna.load_study(study_name=name, storage=_sqlite(workdir))
+    assert study.user_attrs["budget"] == {"train.num_steps": 4, "train.eval_every_steps": 2}
+    best = study.best_trial
+    assert (workdir / name / "trials" / "0000" / "results.json").exists()
+    for seed in (0, 1):
+      overrides = {"model.attention.name": name.split("=")[1], **best.params, "seed": seed}
+      run = workdir / "tuned" / sweep.point_name(overrides)
+      results = json.loads((run / "results.json").read_text())
+      assert results["config"]["seed"] == seed and results["test"]
+      lr = results["config"]["optimizer"]["learning_rate"]
+      assert lr == best.params["optimizer.learning_rate"] and results["step"] == 4
+  assert (workdir / "tuned" / "report" / "report.md").exists()
+  text = (workdir / "report" / "search.md").read_text()
+  for name in names:
+    assert f"| {name} | 1 | 1 | 0 | 0 | 0 |" in text  # trials, complete, pruned, failed, unfinished
+  assert "../tuned/report/report.md" in text
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 
