@@ -53,9 +53,10 @@ def test_gradient_accumulation_updates_every_k_steps():
   assert seen[0] == seen[1] == 1.0 and seen[2] < 1.0 and seen[3] == seen[4] == seen[2]
 
 
-def test_clipping_bounds_the_update():
+def test_clipping_bounds_the_gradient_before_the_step():
+  """Clipped gradient norm 1, times the learning rate 0.5 (clipping the update would give 1)."""
   tx = optim.create(
-    _config(name="sgd", momentum=0.0, grad_clip_norm=1.0, learning_rate=1.0, schedule="constant"), 1
+    _config(name="sgd", momentum=0.0, grad_clip_norm=1.0, learning_rate=0.5, schedule="constant"), 1
   )
   updates, _ = tx.update(jnp.full(4, 100.0), tx.init(jnp.zeros(4)), jnp.zeros(4))
-  assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-5)
+  np.testing.assert_allclose(updates, jnp.full(4, -0.25), rtol=1e-5)  # -0.5 · g / ‖g‖

@@ -81,6 +81,30 @@ def test_gradient_accumulation_equals_one_big_batch(name):
   assert not np.allclose(p_big["w"], 1.0)  # it did move
 
 
+def test_sgd_momentum_is_heavy_ball():
+  """Constant gradient g: steps −lr·g, then −lr·(1 + μ)·g (Polyak momentum, optax's form)."""
+  tx = optim.create(
+    _config(name="sgd", momentum=0.9, schedule="constant", learning_rate=0.1, grad_clip_norm=0), 2
+  )
+  p = jnp.zeros(2)
+  state = tx.init(p)
+  g = jnp.array([1.0, -2.0])
+  for want in (-0.1 * g, -0.1 * g - 0.19 * g):
+    u, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(p, want, rtol=1e-6)
+
+
+def test_adamw_decays_weights_by_lr_times_rate():
+  """With zero gradients Adam's step is 0, so AdamW moves by −lr · weight_decay · p."""
+  tx = optim.create(
+    _config(name="adamw", schedule="constant", learning_rate=0.5, weight_decay=0.1), 2
+  )
+  p = jnp.array([2.0, -4.0])
+  u, _ = tx.update(jnp.zeros(2), tx.init(p), p)
+  np.testing.assert_allclose(u, -0.05 * p, rtol=1e-6)
+
+
 def _ngrams(words: list[str], n: int) -> collections.Counter:
   return collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 

@@ -41,7 +41,7 @@ def test_seq2seq_targets_are_the_transformed_inputs_then_eos(name):
       assert 1 <= n <= 7 and np.all(x[:n] >= FIRST) and np.all(x[:n] < 9) and not x[n:].any()
       want = REFERENCE[name](x[:n].tolist()) + [EOS] + [0] * (7 - n)
       assert y.tolist() == want, (x.tolist(), y.tolist())
-  assert len(lengths) >= 4  # the random lengths do vary
+  assert min(lengths) == 1 and max(lengths) == 7  # uniform over [min_length, max_length]
 
 
 def test_associative_recall_label_is_the_value_of_the_queried_key():
