@@ -79,6 +79,8 @@ def loop_section() -> ml_collections.ConfigDict:
   train.on_nonfinite = "stop"  # stop | skip (skip the update; stop after max_nonfinite in a row)
   train.max_nonfinite = 10
   train.label_smoothing = 0.0
+  train.sync_every_steps = 0  # stop requests agreed across processes every K steps; 0: log interval
+  train.profile_steps = (0, 0)  # (first step, count): a jax.profiler trace into workdir/profile
   return train
 
 

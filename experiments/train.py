@@ -7,8 +7,14 @@ Data (`input_pipeline`), model (`models`), loss (`experiments.tasks`) and optimi
 is sharded over a ('data', 'fsdp', 'tensor') mesh by the logical axis names of its parameters;
 batches are split over ('data', 'fsdp'). A run resumes from the newest checkpoint in `workdir`,
 at the very batch it would have read next.
+
+Between periodic actions (log, eval, checkpoint, stop agreement, profile) nothing moves between
+host and device except the explicit, prefetched batch puts: the steps run under
+`jax.transfer_guard("disallow")`, and non-finite steps are counted in the state and read at the
+next periodic action (a step that went bad halts the state on the device until then).
 """
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -41,6 +47,8 @@ class TrainState(train_state.TrainState):
 
   model_state: Any = None
   nonfinite_in_a_row: jax.Array | int = 0
+  nonfinite_total: jax.Array | int = 0  # steps whose update was not applied
+  nonfinite_step: jax.Array | int = 0  # the latest such step (0: none)
   rng: jax.Array | None = None  # raw key data of jax.random.key(config.seed): an argument of the
   # compiled steps, not a constant in them, so runs that differ only in seed share one compilation
 
@@ -95,7 +103,14 @@ def _apply(state: TrainState, params, batch, *, train: bool, rngs=None):
   )
 
 
-def make_train_step(kind: str, label_smoothing: float):
+def halted(state: TrainState, on_nonfinite: str, max_nonfinite: int) -> jax.Array:
+  """Whether the non-finite policy stops the run: any bad step under 'stop', `max_nonfinite` in
+  a row under 'skip'. A halted state no longer changes; the loop raises at its next check."""
+  stop = state.nonfinite_total > 0 if on_nonfinite == "stop" else False
+  return stop | (state.nonfinite_in_a_row >= max_nonfinite)
+
+
+def make_train_step(kind: str, label_smoothing: float, on_nonfinite: str, max_nonfinite: int):
   def train_step(state: TrainState, batch):
     def loss_fn(params):
       logits = _apply(state, params, batch, train=True, rngs=_rngs(state.rng, state.step))
@@ -109,13 +124,20 @@ def make_train_step(kind: str, label_smoothing: float):
       & jnp.all(jnp.array([jnp.isfinite(p).all() for p in jax.tree.leaves(updated.params)]))
     )
     # A step with a non-finite loss, gradient or updated parameter leaves parameters and
-    # optimizer state untouched (and is reported).
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    # optimizer state untouched (and is counted); a halted state does not change at all.
+    stopped = halted(state, on_nonfinite, max_nonfinite)
+    apply = finite & ~stopped
+    bad = ~finite & ~stopped
+    kept = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, state)
     kept = kept.replace(
       step=state.step + 1,
-      nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+      nonfinite_in_a_row=jnp.where(
+        stopped, state.nonfinite_in_a_row, jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
+      ),
+      nonfinite_total=state.nonfinite_total + bad.astype(jnp.int32),
+      nonfinite_step=jnp.where(bad, state.step + 1, state.nonfinite_step),
     )
-    return kept, metrics, finite
+    return kept, metrics
 
   return train_step
 
@@ -168,9 +190,14 @@ def make_steps(config, kind, state_sharding, mesh) -> Step:
   batch_sharding = sharding.batch_sharding(mesh)
   metrics_sharding = sharding.replicated(mesh)
   train = jax.jit(
-    make_train_step(kind, config.train.get("label_smoothing", 0.0)),
+    make_train_step(
+      kind,
+      config.train.get("label_smoothing", 0.0),
+      config.train.on_nonfinite,
+      config.train.max_nonfinite,
+    ),
     in_shardings=(state_sharding, batch_sharding),
-    out_shardings=(state_sharding, metrics_sharding, metrics_sharding),
+    out_shardings=(state_sharding, metrics_sharding),
     donate_argnums=0,
   )
   evaluate = jax.jit(
@@ -190,6 +217,18 @@ def evaluate(
     metrics = step.eval(state, sharding.global_batch(batch, mesh))
     total = metrics if total is None else total.merge(metrics)
   return {k: float(v) for k, v in jax.device_get(total.compute()).items()}
+
+
+def prefetch(batches: Iterator[dict[str, np.ndarray]], mesh, size: int = 2) -> Iterator:
+  """Global device batches `size` steps ahead of the loop, so the host reads and copies the next
+  batches while the devices run the current step."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(sharding.global_batch(batch, mesh))
+    if len(queue) == size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def _eval_batches(datasets, local_batch_size: int, split: str) -> list[dict[str, np.ndarray]]:
@@ -338,9 +377,10 @@ def train_and_evaluate(
       logging.info("resumed from step %d in %s", int(state.step), workdir)
     start_step = int(state.step)
     train_iter: Iterator = datasets.train_dataset(meta["next_batch"]).as_numpy_iterator()
+    batches = prefetch(train_iter, mesh)
     local_batch_size = config.data.batch_size // jax.process_count()
     eval_batches = _eval_batches(datasets, local_batch_size, "validation")
-    first = sharding.global_batch(next(train_iter), mesh)
+    first = next(batches)
     step_fns = make_steps(config, kind, state_sharding, mesh)
     step_fns.train.compile(state, first)
     step_fns.eval.compile(state, sharding.global_batch(eval_batches[0], mesh))
@@ -353,24 +393,39 @@ def train_and_evaluate(
       return out
 
     log = stack.enter_context(_Log(workdir, num_steps, start_step))
+    profile = stack.enter_context(_Profile(workdir, *config.train.get("profile_steps", (0, 0))))
     tokens_per_step = tasks.batch_tokens(first)
     wall_before = meta["wall_seconds"]
     last_eval: dict[str, float] = {}
     train_metrics, window_start, window_steps, train_seconds = None, time.perf_counter(), 0, 0.0
     window_rates: list[float] = []  # steps/s of each log window (the steady-state throughput)
+    every = config.train
+    sync_every = every.get("sync_every_steps", 0) or every.log_every_steps
+    nonfinite_seen = int(state.nonfinite_total)
     batch = first
     step, pruned = start_step, False
     while step < num_steps:
-      state, metrics, finite = step_fns.train(state, batch)
-      step += 1
-      window_steps += 1
-      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-      if not bool(finite):
-        _handle_nonfinite(config, state, step, ckpt)
-      for hook in hooks:
-        hook(step)
-      is_last = step == num_steps
-      if step % config.train.log_every_steps == 0 or is_last:
+      profile.before(step)
+      with jax.transfer_guard("disallow"), jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fns.train(state, batch)
+        train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+        step += 1
+        window_steps += 1
+        for hook in hooks:
+          hook(step)
+        is_last = step == num_steps
+        if not is_last:
+          batch = next(batches)
+      is_log, is_eval = step % every.log_every_steps == 0, step % every.eval_every_steps == 0
+      is_save = step % every.checkpoint_every_steps == 0
+      # stop requests: a collective across processes, agreed every `sync_every` steps
+      agree = step % sync_every == 0 or is_last or jax.process_count() == 1
+      stop = agree and preemption.stop_requested()
+      profile.after(step, state)
+      if not (is_log or is_eval or is_save or is_last or stop):
+        continue
+      nonfinite_seen = _check_nonfinite(config, state, nonfinite_seen, ckpt)
+      if is_log or is_last:
         jax.block_until_ready(state)
         elapsed = time.perf_counter() - window_start
         train_seconds += elapsed
@@ -384,8 +439,7 @@ def train_and_evaluate(
         log.write(step, scalars, wall_before + time.time() - wall_start)
         log.progress(step, scalars["train/loss"], steps_per_sec, scalars["train/tokens_per_sec"])
         train_metrics, window_start, window_steps = None, time.perf_counter(), 0
-      stop = preemption.stop_requested()
-      if step % config.train.eval_every_steps == 0 or is_last:
+      if is_eval or is_last:
         last_eval = run_eval(state)
         log.write(step, last_eval, wall_before + time.time() - wall_start)
         logging.info("eval at step %d: %s", step, _fmt(last_eval))
@@ -396,7 +450,7 @@ def train_and_evaluate(
           )
         pruned = on_eval is not None and bool(on_eval(step, last_eval))
         window_start = time.perf_counter()
-      if step % config.train.checkpoint_every_steps == 0 or is_last or stop or pruned:
+      if is_save or is_last or stop or pruned:
         ckpt.save(step, state, _meta(meta, step, wall_before, wall_start), force=True)
       if pruned and not is_last:
         logging.info("pruned at step %d; checkpoint saved", step)
@@ -406,8 +460,6 @@ def train_and_evaluate(
           "stopped at step %d on request; checkpoint saved. Run the same command to resume.", step
         )
         return {"status": "preempted", "step": step}
-      if not is_last:
-        batch = sharding.global_batch(next(train_iter), mesh)
     if not last_eval:  # the run had already finished: report its final state again
       last_eval = run_eval(state)
     test = {}
@@ -461,24 +513,61 @@ def _fmt(metrics: dict[str, float]) -> str:
   return "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in sorted(metrics.items()))
 
 
-def _handle_nonfinite(config, state, step: int, ckpt: checkpoints.Checkpoints) -> None:
-  in_a_row = int(state.nonfinite_in_a_row)
+def _check_nonfinite(config, state, seen: int, ckpt: checkpoints.Checkpoints) -> int:
+  """Reads the state's non-finite counters (at a periodic action): warns about skipped steps,
+  raises NonFiniteError where the policy stops the run. Returns the total seen so far."""
+  total, in_a_row, last = (int(x) for x in jax.device_get(
+    (state.nonfinite_total, state.nonfinite_in_a_row, state.nonfinite_step)
+  ))  # fmt: skip
+  if total == seen:
+    return total
   last_good = ckpt.latest.latest_step()
   where = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint yet"
   if config.train.on_nonfinite == "stop":
     raise NonFiniteError(
-      f"non-finite loss, gradients or parameters at step {step}; the update was not applied "
+      f"non-finite loss, gradients or parameters at step {last}; the update was not applied "
       f"and {where}. "
       "Lower the learning rate, enable clipping, or set train.on_nonfinite=skip"
     )
   logging.warning(
-    "non-finite loss/gradients/parameters at step %d: update skipped (%d in a row)", step, in_a_row
-  )
+    "non-finite loss/gradients/parameters at step %d: update skipped (%d in a row, %d since the "
+    "last check)", last, in_a_row, total - seen,
+  )  # fmt: skip
   if in_a_row >= config.train.max_nonfinite:
     raise NonFiniteError(
-      f"{in_a_row} non-finite steps in a row up to step {step} (train.max_nonfinite="
+      f"{in_a_row} non-finite steps in a row up to step {last} (train.max_nonfinite="
       f"{config.train.max_nonfinite}); {where}"
     )
+  return total
+
+
+class _Profile:
+  """A jax.profiler trace of steps (first, first + count) into workdir/profile (TensorBoard's
+  profile plugin or XProf open it); nothing when count is 0."""
+
+  def __init__(self, workdir: str, first: int, count: int):
+    self.directory = os.path.join(workdir, "profile")
+    self.first, self.last = int(first), int(first) + int(count)
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.last > self.first and step == self.first:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profile of steps %d-%d in %s", self.first + 1, self.last, self.directory)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -45,6 +45,7 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
     "--config.train.num_steps=80",
     "--config.train.checkpoint_every_steps=20",
     "--config.train.eval_every_steps=40",
+    "--config.train.sync_every_steps=8",
   ]
   one = Main(tmp_path / "one", *flags)  # meanwhile: the single-process reference
   two, cache = tmp_path / "two", tmp_path / "jax_cache"
@@ -58,7 +59,7 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
   assert "JAX process 0/2" in outs[0] and "JAX process 1/2" in outs[1]
   assert "SIGTERM" in outs[1] and "SIGTERM" not in outs[0]
   stopped = _steps(two)[-1]
-  assert 0 < stopped < 80
+  assert 0 < stopped < 80 and stopped % 8 == 0  # stop requests are agreed every 8 steps
   assert all(f"stopped at step {stopped} on request" in out for out in outs)
 
   procs = _launch(two, 2, *flags, cache=cache)

@@ -8,9 +8,12 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from jax._src import array as jax_array  # the emulated device -> host guard, see below
+from jax._src import config as jax_config
 
 import input_pipeline
 import models
@@ -134,6 +137,66 @@ def test_runs_that_differ_only_in_seed_lower_to_the_same_program():
       texts.append(step.train.jitted.lower(state, batch).as_text())
     assert int(jax.random.key_data(jax.random.key(seed))[1]) == int(state.rng[1])
   assert texts[0] == texts[1]
+
+
+@pytest.fixture
+def device_reads_guarded(monkeypatch):
+  """On GPU/TPU an implicit device -> host read (float, bool, np.asarray, .item) under
+  `jax.transfer_guard("disallow")` raises; CPU arrays already live on the host, so the guard
+  cannot see them. Emulate the accelerator: such a read of a not yet fetched array raises."""
+  original = jax_array.ArrayImpl._value
+
+  def guarded(self):
+    level = jax_config.transfer_guard_device_to_host.value
+    if self._npy_value is None and level in ("disallow", "disallow_explicit"):
+      raise RuntimeError("Disallowed device-to-host transfer (emulated on CPU)")
+    return original.fget(self)
+
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(guarded))
+
+
+def test_steps_between_periodic_actions_move_nothing_implicitly(tmp_path, device_reads_guarded):
+  """The loop runs its steps under jax.transfer_guard("disallow"): a run with log, eval and
+  checkpoint intervals of 4 passes, and a hook that reads a device value back (what a per-step
+  `bool(finite)` did) fails the run at once, on the first step."""
+  config = tiny_config(steps=8)
+  config.train.update(log_every_steps=4, eval_every_steps=4, checkpoint_every_steps=4)
+  calls, on_device = [], jnp.ones(())
+
+  def hidden_read(step):
+    calls.append(step)
+    return float(on_device)  # an implicit device -> host transfer
+
+  with pytest.raises(Exception, match="Disallowed device-to-host transfer"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"), hooks=[hidden_read])
+  assert calls == [1]
+  # the same loop without the hook runs every step under the guard
+  assert train.train_and_evaluate(config, str(tmp_path / "good"))["step"] == 8
+
+
+def test_prefetch_keeps_the_order_and_reads_ahead(tmp_path):
+  mesh = sharding.make_mesh((1, 1, 1))
+  read = []
+
+  def batches():
+    for i in range(5):
+      read.append(i)
+      yield {"inputs": np.full((2, 3), i, np.int32)}
+
+  stream = train.prefetch(batches(), mesh, size=2)
+  first = next(stream)
+  assert read == [0, 1]  # the second batch is already on its way while the first trains
+  assert isinstance(first["inputs"], jax.Array)
+  rest = [int(b["inputs"][0, 0]) for b in stream]
+  assert [int(first["inputs"][0, 0]), *rest] == [0, 1, 2, 3, 4]
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+  config = tiny_config(steps=8)
+  config.train.profile_steps = (2, 3)
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
 
 
 SHARDED_RUN = """
