@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models import attention
-from models.attention import _blocks, bigbird, linear, masks, performer
+from models.attention import _blocks, linear, masks, performer
 
 B, T, E, H = 2, 11, 8, 2
 
@@ -129,6 +129,45 @@ def test_performer_fixed_features_are_stored_and_every_call_redraws():
   np.testing.assert_allclose(_run(redraw, variables, x), stored, atol=1e-6)  # no rng: fixed
   a, b = (_run(redraw, variables, x, rngs={"attention": jax.random.key(s)}) for s in (1, 2))
   assert not np.allclose(a, b, atol=1e-4)
+
+
+def test_performer_features_are_orthogonal_gaussian_blocks():
+  """FAVOR+ (Choromanski et al. 2021): Ω's rows come in blocks of d mutually orthogonal rows
+  (the last block cut), with norms drawn like Gaussian vectors' (not all equal, mean ≈ √d)."""
+  d, m = 4, 10
+  omega = np.asarray(performer.orthogonal_features(jax.random.key(3), m, d), np.float64)
+  assert omega.shape == (m, d)
+  norms = np.linalg.norm(omega, axis=1)
+  for start in range(0, m, d):
+    block = omega[start : start + d] / norms[start : start + d, None]
+    np.testing.assert_allclose(block @ block.T, np.eye(len(block)), atol=1e-5)
+  assert not np.allclose(omega[:d] @ omega[d : 2 * d].T, 0.0, atol=1e-3)  # blocks independent
+  many = np.linalg.norm(
+    np.asarray(performer.orthogonal_features(jax.random.key(4), 4096, d)), axis=1
+  )
+  assert abs(many.mean() - 1.88) < 0.05 and many.std() > 0.5  # E‖g‖ for d = 4: 3√π/4 ≈ 1.88
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_matches_its_equation(causal):
+  """out = D⁻¹ φ(q) (φ(k)ᵀ v), φ(x) = exp(Ωx − ‖x‖²/2) / √m on x = q / d^¼ (positive random
+  features), with the stored Ω; causal: the prefix sums, here as a lower-triangular matrix."""
+  x = _x(16)
+  layer = _layer("performer", num_features=8).clone(causal=causal)
+  variables = _init(layer, 17, x)
+  p = nn.unbox(variables)["params"]
+  omega = np.asarray(variables["constants"]["omega"], np.float64)
+  d = E // H
+  phi = lambda a: np.exp(a @ omega.T - 0.5 * (a * a).sum(-1, keepdims=True)) / np.sqrt(8)  # noqa: E731
+  q, k, v = (np.asarray(_proj(p, n, x), np.float64) for n in ("query", "key", "value"))
+  valid = np.asarray(_lengths_mask()[:, 0, 0], np.float64)
+  phi_q, phi_k = phi(q / d**0.25), phi(k / d**0.25) * valid[:, :, None, None]
+  a = np.einsum("bqhm,bkhm->bhqk", phi_q, phi_k)
+  if causal:
+    a = a * np.tril(np.ones((T, T)))
+  ctx = np.einsum("bhqk,bkhd->bqhd", a / a.sum(-1, keepdims=True), v)
+  got = _run(layer, variables, x, mask=_lengths_mask())
+  np.testing.assert_allclose(got, _out(p, jnp.asarray(ctx, jnp.float32)), atol=1e-4)
 
 
 def test_linear_causal_equals_its_quadratic_form():
@@ -264,19 +303,32 @@ def _assert_like_masked_exact(layer, params, x, pattern, causal):
 # ----------------------------------------------------------------------------- bigbird
 
 
-def _bigbird_mask(layer, params, t, bs, causal):
-  """The dense `[H, T, T]` pattern of bigbird's blocks (the layer's own random draw)."""
-  f = layer
+def _bigbird_reference(layer, params, x, t, bs, causal):
+  """BigBird's dense pattern `[H, T, T]` from its definition (Zaheer et al. 2020, ITC): every
+  query sees the first g blocks (whose queries, non-causal, see every key), the w blocks around
+  its own, and r random blocks per head among the others (causal: before the window). Which
+  random blocks is the layer's draw: read from its sown weights (example 0, unpadded) and checked
+  to be r distinct blocks of that pool."""
+  g, w, r = layer.num_global_blocks, layer.num_window_blocks, layer.num_random_blocks
   nb = -(-t // bs)
-  seed = _blocks.layer_seed(layer.bind(params), f.seed)
-  idx, ok = bigbird.block_pattern(
-    nb, H, f.num_global_blocks, f.num_window_blocks, f.num_random_blocks, causal, seed
-  )
+  g = min(g, nb)
+  _, state = _run(layer, params, x, mask=_lengths_mask(), mutable=["intermediates"])
+  support = np.asarray(state["intermediates"]["attention_weights"][0][0]) > 0  # [H, T, T]
+  support = np.pad(support, [(0, 0), (0, nb * bs - t), (0, nb * bs - t)])
+  seen = support.reshape(H, nb, bs, nb, bs).any(axis=(2, 4))  # [H, query block, key block]
+  left, right = (w - 1) // 2, 0 if causal else w // 2
   blocks = np.zeros((H, nb, nb), bool)
-  for h, n, s in zip(*np.nonzero(ok), strict=True):
-    blocks[h, n, idx[h, n, s]] = True
-  if not causal:
-    blocks[:, : f.num_global_blocks] = True  # global query blocks see every block
+  for n in range(nb):
+    fixed = set(range(g)) | {m for m in range(n - left, n + right + 1) if 0 <= m < nb}
+    blocks[:, n, sorted(fixed)] = True
+    if n < g:
+      blocks[:, n] |= not causal
+      continue
+    pool = set(range(g, n - left if causal else nb)) - fixed
+    for h in range(H):
+      random = {int(m) for m in np.flatnonzero(seen[h, n])} - fixed
+      assert random <= pool and len(random) == min(r, len(pool)), (h, n, random, pool)
+      blocks[h, n, sorted(random)] = True
   dense = np.repeat(np.repeat(blocks, bs, axis=1), bs, axis=2)[:, :t, :t]
   return dense & np.tril(np.ones((t, t), bool)) if causal else dense
 
@@ -296,7 +348,7 @@ def test_bigbird_equals_masked_exact_attention(causal, fields):
   x = _x(20)
   layer = _layer("bigbird", block_size=2, **fields).clone(causal=causal)
   params = _init(layer, 21, x)
-  pattern = _bigbird_mask(layer, params, T, 2, causal)
+  pattern = _bigbird_reference(layer, params, x, T, 2, causal)
   _assert_like_masked_exact(layer, params, x, pattern, causal)
   if fields["num_random_blocks"] == 1 and fields["num_global_blocks"] == 1:
     assert not pattern.all() and (pattern[0] != pattern[1]).any()  # sparse, per-head random
@@ -336,6 +388,23 @@ def test_sinkhorn_with_one_block_is_exact(causal):
   np.testing.assert_allclose(_run(layer, params, x), _exact(params, x, causal=causal), atol=1e-5)
 
 
+def _sinkhorn_sort_matrix(p, block_keys, n, causal, iters=7, tau=0.75):
+  """SortNet R = W₂ relu(W₁ e + c₁) + c₂ on the block-summed keys e `[B, N, H, D]`, then
+  Sinkhorn's alternating row/column normalisation of exp(R / τ) (Tay et al. 2020), written
+  here in numpy (float64); causal: each target column normalised over the earlier blocks."""
+  e = np.asarray(block_keys, np.float64)
+  hidden = np.maximum(e @ p["sort_hidden"]["kernel"] + p["sort_hidden"]["bias"], 0.0)
+  r = (hidden @ p["sort_out"]["kernel"] + p["sort_out"]["bias"])[..., :n]  # [B, N, H, N]
+  a = np.exp(np.moveaxis(r, 2, 1) / tau)  # [B, H, source, target]
+  if causal:
+    a = a * np.triu(np.ones((n, n)), 1)  # source k < target n
+    return a / np.maximum(a.sum(-2, keepdims=True), 1e-30)
+  for _ in range(iters):
+    a = a / a.sum(-1, keepdims=True)
+    a = a / a.sum(-2, keepdims=True)
+  return a
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_sinkhorn_matches_its_equation(causal):
   """Blocks of 3 (4 blocks, padded): the sort matrix is (causally) doubly stochastic and the
@@ -345,22 +414,24 @@ def test_sinkhorn_matches_its_equation(causal):
   params = _init(layer, 27, x)
   pad = _lengths_mask()
   got, state = _run(layer, params, x, mask=pad, mutable=["intermediates", "diagnostics"])
-  perm = state["diagnostics"]["sort_matrix"][0]  # [B, H, N, N] source k -> target n
   dense = state["intermediates"]["attention_weights"][0]  # [B, H, T, T]
-  n = perm.shape[-1]
-  np.testing.assert_allclose(perm.sum(-2)[..., int(causal) :], 1.0, atol=1e-5)  # columns
-  if causal:
-    assert np.all(np.asarray(perm)[..., np.tril(np.ones((n, n), bool))] == 0)  # k < n only
-  else:
-    np.testing.assert_allclose(perm.sum(-1), 1.0, atol=0.05)  # rows, after 7 iterations
 
   p = nn.unbox(params)["params"]
   valid = np.asarray(pad[:, 0, 0])
+  n = -(-T // bs)
   tp = n * bs
   padded = lambda a: jnp.pad(a, [(0, 0), (0, tp - T), (0, 0), (0, 0)])  # noqa: E731
   q = padded(_proj(p, "query", x)) / np.sqrt(E // H)
   k, v = (padded(_proj(p, name, x) * valid[:, :, None, None]) for name in ("key", "value"))
   blocks = lambda a: a.reshape(B, n, bs, H, E // H)  # noqa: E731
+  perm = _sinkhorn_sort_matrix(p, blocks(k).sum(2), n, causal)  # [B, H, N, N] source -> target
+  np.testing.assert_allclose(state["diagnostics"]["sort_matrix"][0], perm, atol=1e-5)
+  np.testing.assert_allclose(perm.sum(-2)[..., int(causal) :], 1.0, atol=1e-5)  # columns
+  if causal:
+    assert np.all(perm[..., np.tril(np.ones((n, n), bool))] == 0)  # k < n only
+  else:
+    np.testing.assert_allclose(perm.sum(-1), 1.0, atol=0.05)  # rows, after 7 iterations
+  perm = jnp.asarray(perm, jnp.float32)
   sk, sv = (jnp.einsum("bhkn,bkphd->bnphd", perm, blocks(a)) for a in (k, v))
   keys = jnp.concatenate([blocks(k), sk], axis=2)  # [B, N, 2b, H, D]
   vals = jnp.concatenate([blocks(v), sv], axis=2)
@@ -423,27 +494,41 @@ def _lsh_union(buckets, c, causal):
   return np.any(same & near, axis=2)
 
 
+def _lsh_buckets(layer, params, x, rounds):
+  """h(x) = argmax([xR ; −xR]) (Kitaev et al. 2020) of the shared query/keys, R `[H, r, D,
+  n_b/2]` normal from the layer's fixed key (its draw without an `attention` rng), n_b = 2
+  ⌈T / (2 · bucket_size)⌉ -> `[B, H, r, T]`."""
+  n_b = 2 * -(-T // (2 * layer.bucket_size))
+  key = _blocks.layer_key(layer.bind(params), layer.seed)
+  rotations = np.asarray(jax.random.normal(key, (H, rounds, E // H, n_b // 2)))
+  q = np.asarray(_proj(nn.unbox(params)["params"], "query", x))
+  rotated = np.einsum("bthd,hrdk->bhrtk", q, rotations)
+  return np.argmax(np.concatenate([rotated, -rotated], axis=-1), axis=-1)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_lsh_rounds_combine_into_one_softmax_over_their_union(causal):
-  """3 rounds, buckets of ~2 (chunks of 4): the logsumexp-weighted rounds with duplicate
-  counts equal one softmax over the union of the keys each round lets a query see."""
+  """3 rounds, buckets of ~2 (chunks of 4), hashed here from the definition: the
+  logsumexp-weighted rounds with duplicate counts equal one softmax over the union of the keys
+  each round lets a query see."""
   x = _x(30)
   layer = _layer("lsh", bucket_size=2, num_hashes=3).clone(causal=causal)
   params = _init(layer, 31, x)
-  rngs = {"attention": jax.random.key(2)}
   sown = ["intermediates", "diagnostics"]
-  got, state = _run(layer, params, x, mask=_lengths_mask(), rngs=rngs, mutable=sown)
-  buckets = state["diagnostics"]["lsh_buckets"][0]
-  assert buckets.shape == (B, H, 3, T) and len(np.unique(buckets)) > 1
+  got, state = _run(layer, params, x, mask=_lengths_mask(), mutable=sown)
+  buckets = _lsh_buckets(layer, params, x, 3)
+  assert buckets.shape == (B, H, 3, T) and len(np.unique(buckets)) > 3
+  np.testing.assert_array_equal(state["diagnostics"]["lsh_buckets"][0], buckets)
   union = _lsh_union(buckets, 4, causal)
   assert not union.all()
   want, want_w = _lsh_reference(nn.unbox(params)["params"], x, union, causal)
   np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_allclose(state["intermediates"]["attention_weights"][0], want_w, atol=1e-6)
-  # Fresh rotations with another rng; a fixed draw without one.
-  other = _run(layer, params, x, rngs={"attention": jax.random.key(3)})
-  assert not np.allclose(other, _run(layer, params, x, rngs=rngs), atol=1e-4)
-  np.testing.assert_allclose(_run(layer, params, x), _run(layer, params, x), atol=0)
+  # An `attention` rng draws fresh rotations: other buckets, another output.
+  rngs = {"attention": jax.random.key(2)}
+  other, other_state = _run(layer, params, x, rngs=rngs, mutable=["diagnostics"])
+  assert (np.asarray(other_state["diagnostics"]["lsh_buckets"][0]) != buckets).any()
+  assert not np.allclose(other, _run(layer, params, x), atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- synthesizer
