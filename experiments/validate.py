@@ -83,6 +83,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     "data.batch_size",
   )
   _require(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0")
+  _require(
+    config.train.get("sync_every_steps", 0) >= 0,
+    f"train.sync_every_steps={config.train.get('sync_every_steps')} must be >= 0 "
+    "(0: the log interval)",
+  )
+  profile = tuple(config.train.get("profile_steps", (0, 0)))
+  _require(
+    len(profile) == 2 and all(isinstance(v, int) and v >= 0 for v in profile),
+    f"train.profile_steps={profile}; give START,COUNT (two integers >= 0; COUNT 0: no profile)",
+  )
   try:
     shape = sharding.mesh_shape(config.mesh.shape, jax.device_count())
   except ValueError as e:
