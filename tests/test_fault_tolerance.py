@@ -84,6 +84,17 @@ class Main:
       time.sleep(0.05)
 
 
+KILL_DELAYS = random.Random(20)  # when after a checkpoint a run is killed: fixed by the seed
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+  """Poll `condition` until it holds; fail after `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f"timed out after {timeout}s"
+    time.sleep(0.001)
+
+
 def _steps(workdir) -> list[int]:
   """Complete checkpoints in workdir/checkpoints/latest (what orbax would list)."""
   directory = os.path.join(workdir, "checkpoints", "latest")
@@ -154,7 +165,7 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
 
   run = Main(work, *flags, cache=cache)
   run.wait_for(lambda: _steps(work)[-1] > stopped)  # a new checkpoint is complete
-  time.sleep(random.uniform(0.0, 0.3))
+  time.sleep(KILL_DELAYS.uniform(0.0, 0.3))  # somewhere in the next steps (seeded)
   run.proc.kill()
   assert run.wait() == -signal.SIGKILL, run.output()[-3000:]
   assert f"resumed from step {stopped} " in run.output()
@@ -358,12 +369,12 @@ def test_signal_handlers_request_a_stop_and_are_restored():
   with preemption.handlers():
     assert not preemption.stop_requested()
     os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.01)  # the handler runs between bytecodes of the main thread
-    assert preemption.stop_requested()
+    _wait_until(preemption.stop_requested)  # the handler runs between bytecodes
     os.kill(os.getpid(), signal.SIGTERM)  # repeated (e.g. by a scheduler): still just a stop
+    assert preemption.stop_requested()
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts
       os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(1)
+      _wait_until(lambda: False)  # interrupted, or fails after the timeout
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
   with preemption.handlers():
     assert not preemption.stop_requested()  # a new run starts without the old request
