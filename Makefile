@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: setup demo test lint format bench bench_all clean
+.PHONY: setup demo test mutation lint format bench bench_all clean
 
 $(STAMP): requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "$(PY) not found; run 'make PY=python3 ...'"; exit 1; }
@@ -29,6 +29,10 @@ format: $(STAMP)
 
 test: lint
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -n 2 --durations=15 tests
+
+# Curated mutants (tests/mutation/) on a temporary copy; kill table -> docs/testing.md.
+mutation: $(STAMP)
+	$(BIN)/python -m tests.mutation --docs docs/testing.md
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.benchmark --cpu_targets
