@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
   parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
   args = parser.parse_args(argv)
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copy when stopped
   ids = {m.id for m in MUTANTS}
   wanted = [s for s in args.only.split(",") if s]
   unknown = sorted(set(wanted) - ids)

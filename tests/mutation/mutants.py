@@ -40,6 +40,7 @@ GROUPS = (  # (path prefix, module group in the kill table), first match wins
   ("experiments/tasks.py", "experiments/tasks (loss, metrics)"),
   ("experiments/optim.py", "experiments/optim"),
   ("input_pipeline/", "input_pipeline (targets)"),
+  ("experiments/benchmark.py", "experiments/benchmark (FLOPs)"),
   ("models/", "models (families)"),
 )
 
@@ -574,6 +575,15 @@ MUTANTS: tuple[Mutant, ...] = (
     (T_EFF, "-k", "sparse_fixed or sinkhorn"),
     "separate softmaxes over own and summary keys",
   ),
+  # ------------------------------------------------------------------ benchmark FLOPs
+  _m(
+    "flops-loop-type-halved",
+    "experiments/benchmark.py",
+    '"lsh": _lsh,',
+    '"lsh": lambda s, f: _lsh(s, f) / 2,',
+    ("tests/test_benchmark.py", "-k", "flop_formula and lsh"),
+    "the issue's example: a FLOP formula of a type with a loop goes unchecked",
+  ),
   # ------------------------------------------------------------------ models (families)
   _m(
     "model-ignores-input",
@@ -607,5 +617,5 @@ ISSUE_EXAMPLES = (
   "attn-dropout-ignores-deterministic", "attn-kernel-claims-dropout", "model-ignores-input",
   "attn-bigbird-window-left-only", "attn-sinkhorn-one-iteration", "attn-lsh-one-sided-hash",
   "attn-performer-not-orthogonal", "optim-accum-sum", "model-mean-pool-padding",
-  "decode-lp-base",
+  "decode-lp-base", "flops-loop-type-halved",
 )  # fmt: skip
