@@ -319,14 +319,18 @@ def point_dir(workdir: str, point: dict[str, Any]) -> str:
   return os.path.join(workdir, sweep.point_name(point)) if point else workdir
 
 
-def objective_metric(config: ml_collections.ConfigDict, space: Space) -> tuple[str, str]:
-  """('eval/<metric>', 'max' | 'min'): the space's, else the task's main metric (validation)."""
+def objective_metric(
+  config: ml_collections.ConfigDict, space: Space, workdir: str | None = None
+) -> tuple[str, str]:
+  """('eval/<metric>', 'max' | 'min'): the space's, else the task's main metric (validation),
+  read from the task's info (building its datasets once, with caches in `workdir`; a space that
+  names both metric and direction skips that)."""
   import input_pipeline
 
   if space.metric and space.direction:
     name, mode = space.metric, space.direction
   else:
-    info = input_pipeline.get_datasets(config.data).info
+    info = input_pipeline.get_datasets(config.data, workdir=workdir).info
     name, mode = train.main_metric(config, info)
     name, mode = space.metric or name, space.direction or mode
   return (name if name.startswith("eval/") else f"eval/{name}"), mode
@@ -453,11 +457,12 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 
 def work(
-  study: optuna.Study, objective: Callable, n_trials: int, poll: float = 1.0
+  study: optuna.Study, objective: Callable, n_trials: int, poll: float = 1.0, wait: bool = True
 ) -> dict[str, int]:
-  """One worker: runs trials of `study` until `n_trials` are complete or pruned (waiting while
-  the last ones run elsewhere: a dead worker's trial comes back as a retry). Returns the counts;
-  stops early on a stop request (its trial re-queued) or when `n_trials` trials have failed."""
+  """One worker: runs trials of `study` until `n_trials` are complete or pruned, waiting while
+  the last ones run elsewhere (a dead worker's trial comes back as a retry) or, with `wait` off,
+  returning then. Returns the counts; stops early on a stop request (its trial re-queued) and
+  raises SearchError once `n_trials` trials have failed."""
   while True:
     with _quiet_experimental():
       optuna.storages.fail_stale_trials(study)
@@ -471,8 +476,10 @@ def work(
       )
     if preemption.stop_requested():
       return counts
-    if counts["finished"] + counts["running"] >= n_trials:
-      time.sleep(poll)  # the last trials run in other workers
+    if counts["finished"] + counts["running"] >= n_trials:  # the last trials run elsewhere
+      if not wait:
+        return counts
+      time.sleep(poll)
       continue
     study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     last = _last_own_trial(study)
@@ -480,6 +487,22 @@ def work(
     if stopped and last.user_attrs.get("stopped"):
       _retry()(study, last)  # stopped on request: queued again, resumes from its checkpoint
       return _counts(study)
+
+
+def work_all(studies: Sequence[tuple[optuna.Study, Callable]], n_trials: int, poll: float = 1.0):
+  """One worker of several studies (the points of a sweep), in order: it moves on from a study
+  whose last trials run in other workers and sleeps only while every unfinished study is so."""
+  pending = list(studies)
+  while pending and not preemption.stop_requested():
+    for study, objective in list(pending):
+      counts = work(study, objective, n_trials, poll, wait=False)
+      if counts["finished"] >= n_trials:
+        logging.info("study %s: %s", study.study_name, counts)
+        pending.remove((study, objective))
+      if preemption.stop_requested():
+        return
+    if pending:
+      time.sleep(poll)
 
 
 def _last_own_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -505,6 +528,8 @@ def _plan(config, experiment: str, workdir: str, options: Options) -> tuple[Spac
   space = load_search(experiment)
   if options.workers < 1:
     raise validate.ConfigError(f"--search_workers={options.workers}; must be >= 1")
+  if options.heartbeat < 1:
+    raise validate.ConfigError(f"--search_heartbeat={options.heartbeat}; must be >= 1 second")
   if options.sampler not in SAMPLERS:
     raise validate.ConfigError(f"unknown sampler {options.sampler!r}; valid: {', '.join(SAMPLERS)}")
   if options.pruner not in PRUNERS:
@@ -519,7 +544,7 @@ def _plan(config, experiment: str, workdir: str, options: Options) -> tuple[Spac
       point_config.get("decode", None)
     )
     if key not in metrics:
-      metrics[key] = objective_metric(point_config, space)
+      metrics[key] = objective_metric(point_config, space, workdir)
     metric, mode = metrics[key]
     studies.append(_Study(study_name(point), point, point_dir(workdir, point), metric, mode))
   return space, studies
@@ -604,9 +629,9 @@ def run(
   """The search of `experiment` (`configs/x.py[:arg]`; `config` its config with command-line
   overrides) into `workdir`; returns each study's trial counts. `argv` (default sys.argv) is the
   command line that local worker processes repeat."""
+  os.makedirs(workdir, exist_ok=True)
   space, studies = _plan(config, experiment, workdir, options)
   n = _n_trials(space, options)
-  os.makedirs(workdir, exist_ok=True)
   url = storage_url(workdir, options.storage)
   storage = open_storage(url, options.heartbeat)
   opened = {s.name: _open_study(storage, s, options, space, n) for s in studies}
@@ -620,13 +645,11 @@ def run(
     _run_workers(options.workers, workdir, list(argv or sys.argv))
   else:
     with preemption.handlers():
-      for s in studies:
-        objective = make_objective(config, space, s.point, s.base, s.metric, n)
-        counts = work(opened[s.name], objective, n)
-        logging.info("study %s: %s", s.name, counts)
-        if preemption.stop_requested():
-          logging.warning("search stopped on request; run the same command to continue")
-          return {s.name: _counts(opened[s.name]) for s in studies}
+      objectives = [make_objective(config, space, s.point, s.base, s.metric, n) for s in studies]
+      work_all([(opened[s.name], o) for s, o in zip(studies, objectives, strict=True)], n)
+      if preemption.stop_requested():
+        logging.warning("search stopped on request; run the same command to continue")
+        return {s.name: _counts(opened[s.name]) for s in studies}
   counts = {s.name: _counts(opened[s.name]) for s in studies}
   if options.worker:
     return counts
