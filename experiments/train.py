@@ -150,10 +150,23 @@ def make_eval_step(kind: str):
   return eval_step
 
 
-def _dummy_batch(dataset, global_batch_size: int) -> dict[str, np.ndarray]:
-  spec = dataset.element_spec
+def _dummy_batch(dataset, global_batch_size: int, info=None) -> dict[str, np.ndarray]:
+  """All-zero batch of the dataset's element spec; a length left open (length-bucketed batches)
+  becomes the task's longest (`info.max_target_length` for target features)."""
+
+  def longest(key: str) -> int:
+    if info is None:
+      raise ValueError(f"batches of feature {key!r} have no fixed length")
+    if key.startswith("targets") and info.max_target_length:
+      return info.max_target_length
+    return info.max_input_length
+
   return {
-    k: np.zeros((global_batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in spec.items()
+    k: np.zeros(
+      (global_batch_size, *(d if d is not None else longest(k) for d in v.shape[1:])),
+      v.dtype.as_numpy_dtype,
+    )
+    for k, v in dataset.element_spec.items()
   }
 
 
@@ -364,7 +377,7 @@ def train_and_evaluate(
     stack.enter_context(
       nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules))
     )
-    example = _dummy_batch(datasets.train_dataset(0), config.data.batch_size)
+    example = _dummy_batch(datasets.train_dataset(0), config.data.batch_size, info)
     state, state_sharding = create_state(config, model, tx, mesh, example)
     num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(state.params)))
     ckpt = stack.enter_context(
