@@ -51,7 +51,7 @@ def _file_name(study: str) -> str:
   return "".join(c if c.isalnum() or c in "._=-" else "_" for c in study)[:150]
 
 
-def _plot(kind: str, study: optuna.Study, path: str) -> str | None:
+def _plot(kind: str, study: optuna.Study, path: str, metric: str) -> str | None:
   """Optuna's matplotlib figure as a PNG; None (and why, in the log) where it cannot be drawn."""
   plot = {
     "history": optuna.visualization.matplotlib.plot_optimization_history,
@@ -62,6 +62,9 @@ def _plot(kind: str, study: optuna.Study, path: str) -> str | None:
       warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
       ax = plot(study)
     fig = ax.figure
+    ax.set_title(f"{ax.get_title()}: {study.study_name}", fontsize=10)
+    if kind == "history":
+      ax.set_ylabel(f"{metric} (validation)")
     fig.set_size_inches(7, 4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -105,9 +108,9 @@ def write_report(directory: str) -> str:
       best_rows.append([name, counts["COMPLETE"] + counts["PRUNED"],
                         *(best.params.get(k) for k in keys), best.value])  # fmt: skip
     stem = _file_name(name)
-    history = _plot("history", study, os.path.join(out, f"search_history_{stem}.png"))
+    history = _plot("history", study, os.path.join(out, f"search_history_{stem}.png"), metric)
     importance = (
-      _plot("importance", study, os.path.join(out, f"search_importance_{stem}.png"))
+      _plot("importance", study, os.path.join(out, f"search_importance_{stem}.png"), metric)
       if len(complete) >= 2
       else None
     )
