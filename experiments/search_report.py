@@ -62,7 +62,9 @@ def _plot(kind: str, study: optuna.Study, path: str, metric: str) -> str | None:
       warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
       ax = plot(study)
     fig = ax.figure
-    ax.set_title(f"{ax.get_title()}: {study.study_name}", fontsize=10)
+    for loc in ("left", "center"):  # Optuna places each plot's title differently
+      if ax.get_title(loc):
+        ax.set_title(f"{ax.get_title(loc)}: {study.study_name}", loc=loc, fontsize=10)
     if kind == "history":
       ax.set_ylabel(f"{metric} (validation)")
     fig.set_size_inches(7, 4)
