@@ -8,8 +8,9 @@ Targets (the performance issue): 1. scaled_dot vs flax_mha, fwd+bwd, T=512..2048
 at T=2048; 3. linear / performer / linformer / sliding_window vs scaled_dot at T=4096; 4. the
 train step's MFU. `--cpu_targets` measures only the rows these need; `--cpu_all_types` every
 registered type at T=1024..4096 (plus memory analysis at 8192 and 16384), with the plots.
-Sections `## GPU` and `## Input pipeline` already in benchmarks.md are kept as they are (others
-write them); a placeholder GPU section is added when there is none.
+Sections `## Training loop` (experiments/benchmark_loop.py), `## GPU` and `## Input pipeline`
+already in benchmarks.md are kept as they are; a placeholder GPU section is added when there is
+none.
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ from models import attention
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 TARGETS_DOC, ALL_TYPES_DOC = "benchmarks.md", "benchmarks_all_types.md"
-KEPT_SECTIONS = ("GPU", "Input pipeline")  # written by others; preserved verbatim
+KEPT_SECTIONS = ("Training loop", "GPU", "Input pipeline")  # written by others; kept verbatim
 
 MHA = benchmark.Shape(batch=8, length=0, heads=8, head_dim=64)
 MHA_LENGTHS = (512, 1024, 2048)
@@ -391,10 +392,11 @@ def kept_sections(old: str) -> dict[str, str]:
 
 
 def compose(measured_doc: str, old: str) -> str:
-  """The new doc: measurements, then the GPU section (kept or placeholder), then the input
-  pipeline section if there was one."""
+  """The new doc: measurements, the training-loop section if there was one, the GPU section
+  (kept or placeholder), then the input pipeline section if there was one."""
   kept = kept_sections(old)
-  parts = [measured_doc, kept.get("GPU", GPU_PLACEHOLDER)]
+  parts = [measured_doc, *([kept["Training loop"]] if "Training loop" in kept else [])]
+  parts.append(kept.get("GPU", GPU_PLACEHOLDER))
   if "Input pipeline" in kept:
     parts.append(kept["Input pipeline"])
   return "\n".join(p.rstrip() + "\n" for p in parts)
