@@ -113,7 +113,7 @@ def run(
     times = []
     for i, b in enumerate(device_batches):
       start = time.perf_counter()
-      state, _, _ = executable(state, b)
+      state, _ = executable(state, b)
       jax.block_until_ready(state)
       if i >= warmup:
         times.append(time.perf_counter() - start)
@@ -124,7 +124,7 @@ def run(
       holder = {"state": state}
 
       def one_step(b):  # the state is donated: thread it through the profiled calls
-        holder["state"], metrics, _ = executable(holder["state"], b)
+        holder["state"], metrics = executable(holder["state"], b)
         return metrics
 
       where = profile_ops(_Callable(executable, one_step), [(b,) for b in device_batches[:2]])
