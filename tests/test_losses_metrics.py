@@ -105,14 +105,17 @@ def test_loss_and_metrics_reads_the_labels_and_valid_of_each_kind(kind, labels_k
     logits, targets = logits[:, 0], np.array([2, 1, 3])
   batch = {labels_key: jnp.asarray(targets), "valid": jnp.asarray(valid)}
   loss, collection = tasks.loss_and_metrics(kind, jnp.asarray(logits), batch)
-  if kind == "classification":
-    want = _ce(logits, targets)[:2].mean()
-  else:
-    w = (targets > 0) & valid[:, None]
-    want = (_ce(logits, targets) * w).sum() / w.sum()
-  assert float(loss) == pytest.approx(want, rel=1e-5)
+  def by_hand(rows):
+    if kind == "classification":
+      return _ce(logits, targets)[rows].mean()
+    w = (targets > 0) & rows[:, None]
+    return (_ce(logits, targets) * w).sum() / w.sum()
+
+  assert float(loss) == pytest.approx(by_hand(valid), rel=1e-5)
   no_valid = tasks.loss_and_metrics(kind, jnp.asarray(logits), {labels_key: targets})[0]
-  assert float(no_valid) != pytest.approx(want, rel=1e-3)  # without `valid` every row counts
+  every_row = by_hand(np.ones(3, bool))  # training batches have no `valid`: every row counts
+  assert float(no_valid) == pytest.approx(every_row, rel=1e-5)
+  assert every_row != pytest.approx(by_hand(valid), rel=1e-3)
 
 
 def test_unknown_kind_lists_the_valid_ones():

@@ -65,11 +65,11 @@ def test_gradient_accumulation_equals_one_big_batch(name):
   x, y, grad = _regression()
   fields = dict(name=name, schedule="warmup_cosine", warmup_steps=1, learning_rate=0.1)
   fields.update(momentum=0.9, grad_clip_norm=100.0, weight_decay=0.01)
-  accum = optim.create(_config(grad_accum_steps=3, **fields), 6)
-  big = optim.create(_config(grad_accum_steps=1, **fields), 2)
+  accum = optim.create(_config(grad_accum_steps=3, **fields), 9)  # 9 batches: 3 updates
+  big = optim.create(_config(grad_accum_steps=1, **fields), 3)
   p_acc = p_big = {"w": jnp.ones(3), "b": jnp.zeros(())}
   s_acc, s_big = accum.init(p_acc), big.init(p_big)
-  for _ in range(2):
+  for _ in range(3):  # the third update's learning rate tells 3 from 9 scheduled updates
     for i in range(3):
       g = grad(p_acc, x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4])
       u, s_acc = accum.update(g, s_acc, p_acc)

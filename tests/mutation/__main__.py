@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--docs", default="", help="markdown file whose mutation table to rewrite")
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
   parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs")
+  parser.add_argument(
+    "--merge", default="", help="an earlier results.json: its other mutants join the table"
+  )
   args = parser.parse_args(argv)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copy when stopped
   ids = {m.id for m in MUTANTS}
@@ -166,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       results.append(result)
       print(f"[{i}/{len(mutants)}] {m.id}: {result['outcome']} ({secs:.0f}s)", flush=True)
 
+  if args.merge:
+    with open(args.merge, encoding="utf-8") as f:
+      earlier = {r["id"]: r for r in json.load(f)}
+    ran = {r["id"]: r for r in results}  # (earlier results of removed mutants are dropped)
+    results = [ran.get(m.id) or earlier[m.id] for m in MUTANTS if m.id in ran or m.id in earlier]
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
