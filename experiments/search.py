@@ -148,12 +148,7 @@ def check_space(space: Space) -> None:
 
 def load_search(experiment: str) -> Space:
   """`configs/x.py[:arg]` -> its `get_search(arg)` as a checked Space."""
-  path, _, arg = experiment.partition(":")
-  spec = importlib.util.spec_from_file_location("experiment_file", path)
-  if spec is None:
-    raise validate.ConfigError(f"cannot load experiment file {path!r}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  path, arg, module = sweep.load_experiment(experiment)
   if not hasattr(module, "get_search"):
     raise validate.ConfigError(f"{path} defines no get_search(arg); add one or drop --search")
   raw = module.get_search(arg or None)

@@ -41,15 +41,21 @@ FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempt
 NOT_RUN = "not run"
 
 
-def load_sweep(experiment: str, seeds: int = 0) -> list[dict[str, Any]]:
-  """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`, each repeated with
-  `seed` 0..seeds-1 when `seeds` > 0 (a file without get_sweep is then one point)."""
+def load_experiment(experiment: str) -> tuple[str, str, Any]:
+  """`configs/x.py[:arg]` -> (path, arg, the experiment file as a module)."""
   path, _, arg = experiment.partition(":")
   spec = importlib.util.spec_from_file_location("experiment_file", path)
   if spec is None:
     raise validate.ConfigError(f"cannot load experiment file {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return path, arg, module
+
+
+def load_sweep(experiment: str, seeds: int = 0) -> list[dict[str, Any]]:
+  """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`, each repeated with
+  `seed` 0..seeds-1 when `seeds` > 0 (a file without get_sweep is then one point)."""
+  path, arg, module = load_experiment(experiment)
   if not hasattr(module, "get_sweep") and not seeds:
     raise validate.ConfigError(f"{path} defines no get_sweep(arg); add one or drop --sweep")
   points = module.get_sweep(arg or None) if hasattr(module, "get_sweep") else [{}]
