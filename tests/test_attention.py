@@ -146,7 +146,8 @@ def test_padding_and_batch_independence(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_causality(name):
-  """With causal=True, outputs at t do not change when inputs after t do."""
+  """With causal=True, outputs at t do not change when inputs after t do; the first output
+  depends on the first input (a query sees its own position)."""
   if not attention.get(name).supports_causal:
     pytest.skip(f"{name} does not support causal")
   layer = make(name, causal=True)
@@ -154,10 +155,12 @@ def test_causality(name):
   variables = params(layer, x)
   t = 2
   changed = x.at[:, t + 1 :].set(inputs(B, TQ - t - 1, D, seed=4))
-  both = run(layer, variables, jnp.concatenate([x, changed]))  # one compile for both
-  out, out_changed = both[:B], both[B:]
+  first = x.at[:, 0].set(inputs(B, D, seed=5))  # position 0 sees (only) itself
+  both = run(layer, variables, jnp.concatenate([x, changed, first]))  # one compile for all
+  out, out_changed, out_first = both[:B], both[B : 2 * B], both[2 * B :]
   np.testing.assert_allclose(out_changed[:, : t + 1], out[:, : t + 1], atol=1e-5)
   assert not np.allclose(out_changed[:, t + 1 :], out[:, t + 1 :])
+  assert not np.allclose(out_first[:, 0], out[:, 0], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -91,6 +91,50 @@ def test_length_penalty_changes_the_choice(alpha, expected):
   np.testing.assert_allclose(scores[0, 0], sequence_logp(log_probs, expected) / lp, rtol=1e-4)
 
 
+def test_finished_hypotheses_leave_the_beam():
+  """K = 2: after step 1 the alive beams must be A and B, not the finished [EOS]; only then is
+  B EOS (0.2) found as the second best (keeping [EOS] alive would lose B)."""
+  a, b_ = 2, 3
+  log_probs = table(
+    {0: {EOS: 0.5, a: 0.3, b_: 0.2}, a: {a: 0.9, EOS: 0.1}, b_: {EOS: 1.0}, EOS: {a: 1.0}}, 4
+  )
+  seqs, scores = beam(markov_step(log_probs), 1, 2, 5, 0.0)
+  np.testing.assert_array_equal(seqs[0], [[EOS, 0, 0, 0, 0], [b_, EOS, 0, 0, 0]])
+  np.testing.assert_allclose(scores[0], np.log([0.5, 0.2]), rtol=1e-4)
+
+
+def test_beam_states_follow_their_beams():
+  """A second-order 'model' (the state is the previous input token): each returned sequence's
+  score is its own log-probability only if the states are reordered with the beams."""
+  rng = np.random.default_rng(1)
+  v, k, n, alpha = 6, 3, 6, 0.6
+  logits = rng.normal(size=(v, v, v)) * 2
+  logits[..., 0] = -30  # never padding
+  logits[..., EOS] += 0.5
+  log_probs = np.asarray(jax.nn.log_softmax(logits))
+  tables = jnp.asarray(log_probs, jnp.float32)
+
+  def step(state, tokens):  # state: the token fed one step earlier
+    return tables[state, tokens], tokens
+
+  seqs, scores = beam(step, 2, k, n, alpha)
+  checked = 0
+  for row in range(2):
+    for j in range(k):
+      seq = np.asarray(seqs[row, j]).tolist()
+      if EOS not in seq:
+        continue
+      seq = seq[: seq.index(EOS) + 1]
+      prev2, prev, total = 0, 0, 0.0
+      for tok in seq:
+        total += log_probs[prev2, prev, tok]
+        prev2, prev = prev, tok
+      lp = ((5 + len(seq)) / 6) ** alpha
+      np.testing.assert_allclose(scores[row, j], total / lp, rtol=1e-4)
+      checked += 1
+  assert checked >= 4
+
+
 def test_filter_logits_top_k_and_top_p():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()  # noqa: E731
