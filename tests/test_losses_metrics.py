@@ -105,6 +105,7 @@ def test_loss_and_metrics_reads_the_labels_and_valid_of_each_kind(kind, labels_k
     logits, targets = logits[:, 0], np.array([2, 1, 3])
   batch = {labels_key: jnp.asarray(targets), "valid": jnp.asarray(valid)}
   loss, collection = tasks.loss_and_metrics(kind, jnp.asarray(logits), batch)
+
   def by_hand(rows):
     if kind == "classification":
       return _ce(logits, targets)[rows].mean()
