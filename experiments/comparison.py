@@ -11,7 +11,8 @@ Views (the budget every group gets, and the split each number is read on):
 * `time`: equal training time. The budget is the shortest median training time of any group
   (steps / steady-state steps/s, compilation and evaluation excluded); each run contributes its
   last validation evaluation within it. No selection: the last evaluation, not the best.
-* `flops`: equal training FLOPs (XLA's count of one compiled train step x steps), likewise.
+* `flops`: equal training FLOPs (the matrix products of one traced train step, forward and
+  backward, loops counted per iteration, x steps), likewise.
 """
 
 import dataclasses
@@ -137,7 +138,7 @@ def view(
       cost, unit = steady_seconds, "s of training at the steady-state rate"
     else:
       cost, unit = (lambda r, s: s * r["flops_per_step"] if r.get("flops_per_step") else None,
-                    "FLOPs (XLA's count of the compiled train step)")  # fmt: skip
+                    "matrix-product FLOPs of training")  # fmt: skip
     totals = [
       stats.summarize([c for r in g.runs.values() if (c := cost(r, r["steps"]))], "median").center
       for g in groups_

@@ -10,6 +10,7 @@ provide) is written here.
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -96,10 +97,11 @@ def paired(
     return Paired(1, summary.center, None, None, None, test)
   if np.all(d == 0):
     p = 1.0  # identical on every seed
-  elif test == "t":
-    p = float(stats.ttest_rel(b, a).pvalue)
   else:
-    p = float(stats.wilcoxon(b, a).pvalue)
+    with warnings.catch_warnings():  # nearly equal differences: scipy warns, the value stands
+      warnings.simplefilter("ignore", RuntimeWarning)
+      test_fn = stats.ttest_rel if test == "t" else stats.wilcoxon
+      p = float(test_fn(b, a).pvalue)
   return Paired(len(seeds), summary.center, summary.low, summary.high, None if math.isnan(p) else p,
                 test)  # fmt: skip
 
@@ -140,7 +142,9 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> floa
   df = n - 1
   critical = stats.t.ppf(1 - alpha / 2, df)
   nc = effect / sd * math.sqrt(n)
-  return float(stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc))
+  # P(T > c) + P(T < -c); the lower tail as P(T' > c) for nc -> -nc (scipy's nct.cdf loses it
+  # to NaN far from the centre)
+  return float(stats.nct.sf(critical, df, nc) + stats.nct.sf(critical, df, -nc))
 
 
 def seeds_needed(

@@ -36,7 +36,16 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 import models
-from experiments import checkpoints, decode_eval, optim, preemption, sharding, tasks, validate
+from experiments import (
+  checkpoints,
+  decode_eval,
+  flops,
+  optim,
+  preemption,
+  sharding,
+  tasks,
+  validate,
+)
 
 RNG_STREAMS = ("dropout", "attention")
 TRANSIENT_COLLECTIONS = ("intermediates", "cache", "attention_state")
@@ -66,14 +75,20 @@ class Compiled:
   def __init__(self, jitted):
     self.jitted = jitted
     self.executables = {}
+    self.flops = {}  # per batch shape: matrix-product FLOPs of the traced program
     self.compile_seconds = 0.0
 
   def compile(self, state, batch):
     key = tuple(sorted((k, v.shape) for k, v in batch.items()))
     if key not in self.executables:
       start = time.perf_counter()
-      self.executables[key] = self.jitted.lower(state, batch).compile()
+      traced = self.jitted.trace(state, batch)
+      self.executables[key] = traced.lower().compile()
       self.compile_seconds += time.perf_counter() - start
+      try:
+        self.flops[key] = flops.matmul_flops(traced.jaxpr)
+      except ValueError:  # a while loop: no static count
+        self.flops[key] = None
     return self.executables[key]
 
   def __call__(self, state, batch):
@@ -271,13 +286,10 @@ def peak_memory_bytes(step: Step) -> int:
 
 
 def flops_per_step(step: Step) -> float | None:
-  """FLOPs of one train step by XLA's cost analysis of the compiled step (the largest bucket)."""
-  counts = []
-  for executable in step.train.executables.values():
-    cost = executable.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    counts.append(float((cost or {}).get("flops", 0.0)))
-  return max(counts, default=None) or None
+  """Matrix-product FLOPs of one train step (forward + backward, loops counted per iteration:
+  `experiments.flops`), of its largest batch shape; None where a loop has no static count."""
+  counts = list(step.train.flops.values())
+  return None if not counts or None in counts else max(counts)
 
 
 def _improved(value: float, best: dict[str, float] | None, key: str, mode: str) -> bool:

@@ -2,13 +2,12 @@
 against XLA, the memory/FLOP budgets, op profiles, the train step and the benchmarks doc."""
 
 import dataclasses
-import math
 import os
 
 import jax
 import pytest
 
-from experiments import benchmark, benchmark_report, benchmark_train
+from experiments import benchmark, benchmark_report, benchmark_train, flops
 from models import attention
 
 TINY = benchmark.Shape(batch=1, length=64, heads=2, head_dim=8)
@@ -58,37 +57,6 @@ def test_scaled_dot_flops_by_hand():
   assert benchmark.flops("jax_dpa", s) == scores_and_mix
 
 
-def _matmul_flops(jaxpr) -> float:
-  """2·(output size)·(contracted size) of every matrix product and convolution of a jaxpr, the
-  bodies of scans times their length (a fori_loop with static bounds is a scan)."""
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name in ("dot_general", "conv_general_dilated"):
-      out = math.prod(eqn.outvars[0].aval.shape)
-      if name == "dot_general":
-        (contract, _), _ = eqn.params["dimension_numbers"]
-        k = math.prod(eqn.invars[0].aval.shape[i] for i in contract)
-      else:  # kernel size / output features (the kernel's out-feature axis: rhs_spec[0])
-        rhs = eqn.invars[1].aval.shape
-        k = math.prod(rhs) // rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-      total += 2.0 * out * k
-      continue
-    assert name != "while", "a while loop: its trip count is not static"
-    subs = [
-      x.jaxpr if isinstance(x, jax.extend.core.ClosedJaxpr) else x
-      for v in eqn.params.values()
-      for x in (v if isinstance(v, tuple | list) else (v,))
-      if isinstance(x, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
-    ]
-    counts = [_matmul_flops(j) for j in subs]
-    if name == "cond":
-      total += max(counts)
-    else:
-      total += eqn.params.get("length", 1) * sum(counts) if name == "scan" else sum(counts)
-  return total
-
-
 @pytest.mark.parametrize("name", benchmark.resolve_names(["all"]))
 def test_flop_formula_matches_the_program(name):
   """The analytic forward FLOPs agree with XLA's count of the lowered program, and, for types
@@ -99,7 +67,7 @@ def test_flop_formula_matches_the_program(name):
   args = (*jax.eval_shape(case.init), *jax.eval_shape(case.fresh, jax.random.key(1)))
   lowered = jax.jit(case.fn).lower(*args)
   if "stablehlo.while" in lowered.as_text():
-    counted = _matmul_flops(jax.make_jaxpr(case.fn)(*args).jaxpr)
+    counted = flops.matmul_flops(jax.make_jaxpr(case.fn)(*args))
   else:
     cost = lowered.cost_analysis()
     counted = (cost[0] if isinstance(cost, list) else cost)["flops"]

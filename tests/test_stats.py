@@ -100,3 +100,9 @@ def test_seeds_needed_matches_the_standard_sample_size():
   assert stats.seeds_needed(0.05, 0.05) == 10  # only the ratio matters
   assert stats.paired_power(1.0, 1.0, 9) < 0.8 <= stats.paired_power(1.0, 1.0, 10)
   assert stats.seeds_needed(1e-6, 1.0, limit=50) is None
+  # far from the centre (d = 8.6): scipy's noncentral t must not turn the power into NaN, and a
+  # larger difference never needs more seeds
+  powers = [stats.paired_power(0.0845, 0.0098, n) for n in (2, 3, 4)]
+  assert all(0 <= p <= 1 for p in powers) and powers == sorted(powers)
+  needed = [stats.seeds_needed(f * 0.845, 0.0098) for f in (0.01, 0.02, 0.05, 0.1)]
+  assert needed == sorted(needed, reverse=True) and needed[-1] == 3
