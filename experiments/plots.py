@@ -149,7 +149,10 @@ def tradeoff(view: Any, groups: list[Any], speed: str, path: str) -> str:
   peak = max((m for _, _, m in points), default=1.0)
   area = lambda mib: 30 + 900 * mib / peak  # noqa: E731
   labelled = []
-  for (r, rate, memory), (color, marker) in zip(points, styles(len(points)), strict=True):
+  named = [g.name for g in groups if g.runs]
+  style = dict(zip(named, styles(len(named)), strict=True))  # the colours of curves()
+  for r, rate, memory in points:
+    color, marker = style[r.group.name]
     y, x = r.summary.center, rate.center
     yerr = [[y - r.summary.low], [r.summary.high - y]] if r.summary.low is not None else None
     xerr = [[x - rate.low], [rate.high - x]] if rate.low is not None else None
