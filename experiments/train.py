@@ -252,7 +252,8 @@ def prefetch(batches: Iterator[dict[str, np.ndarray]], mesh, size: int = 2) -> I
   batches while the devices run the current step."""
   queue = collections.deque()
   for batch in batches:
-    queue.append(sharding.global_batch(batch, mesh))
+    with jax.transfer_guard("allow"):  # the one intended transfer (multi-process: implicit)
+      queue.append(sharding.global_batch(batch, mesh))
     if len(queue) == size:
       yield queue.popleft()
   while queue:
