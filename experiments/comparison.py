@@ -57,15 +57,20 @@ class View:
   baseline: Row | None
 
 
+def group_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+  """A point's overrides without its seed: what the runs of one group share."""
+  return {k: v for k, v in overrides.items() if k != "seed"}
+
+
 def group_name(overrides: dict[str, Any]) -> str:
-  return " / ".join(str(v) for k, v in overrides.items() if k != "seed") or "base"
+  return " / ".join(str(v) for v in group_overrides(overrides).values()) or "base"
 
 
 def groups(rows: Sequence[dict[str, Any]], order: Sequence[str] = ()) -> list[Group]:
   """Groups of `rows` (report rows): those named in `order` in that order, then by name."""
   out: dict[str, Group] = {}
   for r in rows:
-    shared = {k: v for k, v in r["swept"].items() if k != "seed"}
+    shared = group_overrides(r["swept"])
     name = group_name(shared) if r["swept"] else r["point"]  # a run outside a sweep: alone
     group = out.setdefault(name, Group(name, shared, {}, []))
     if r.get("status") == "finished":

@@ -689,17 +689,7 @@ def run_tuned(config, workdir, space, studies, opened, seeds: int) -> list[str]:
 
 def worker_command(argv: Sequence[str]) -> list[str]:
   """`argv` (a main.py command line) as one worker: --search_workers dropped, --search_worker."""
-  out, rest = [], iter(argv[1:])
-  for arg in rest:
-    name = arg.lstrip("-").split("=")[0] if arg.startswith("-") else ""
-    if name == "search_workers":
-      if "=" not in arg:
-        next(rest, None)  # `--search_workers 2`
-      continue
-    if name in ("search_worker", "nosearch_worker"):
-      continue
-    out.append(arg)
-  return [sys.executable, argv[0], *out, "--search_worker"]
+  return sweep.child_command(argv, ("search_workers",), ("search_worker",), "--search_worker")
 
 
 def _run_workers(k: int, workdir: str, argv: list[str]) -> None:

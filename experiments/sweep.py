@@ -101,11 +101,6 @@ def point_name(overrides: dict[str, Any]) -> str:
   return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))[:200] or "base"
 
 
-def group_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-  """A point's overrides without its seed: what the points of one group share."""
-  return {k: v for k, v in overrides.items() if k != "seed"}
-
-
 def point_names(points: Sequence[dict[str, Any]]) -> list[str]:
   """The directory name of every point; two points may not share one."""
   names = [point_name(p) for p in points]
@@ -257,19 +252,30 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(path + ".tmp", path)
 
 
-def point_command(argv: Sequence[str], point: int) -> list[str]:
-  """`argv` (a main.py command line) with its sweep flags replaced by `--sweep_point=K`."""
+def child_command(
+  argv: Sequence[str], valued: Sequence[str], switches: Sequence[str], added: str
+) -> list[str]:
+  """`argv` (a main.py command line) for a child process: the flags named in `valued` (with their
+  values, `--f=v` or `--f v`) and the boolean `switches` (and their `--no` forms) dropped,
+  `added` appended."""
+  dropped = {*switches, *(f"no{name}" for name in switches)}
   out, rest = [], iter(argv[1:])
   for arg in rest:
     name = arg.lstrip("-").split("=")[0] if arg.startswith("-") else ""
-    if name in ("sweep_parallel", "sweep_point"):
+    if name in valued:
       if "=" not in arg:
         next(rest, None)  # `--sweep_parallel 4`
       continue
-    if name in ("sweep", "nosweep"):
-      continue
-    out.append(arg)
-  return [sys.executable, argv[0], *out, f"--sweep_point={point}"]
+    if name not in dropped:
+      out.append(arg)
+  return [sys.executable, argv[0], *out, added]
+
+
+def point_command(argv: Sequence[str], point: int) -> list[str]:
+  """`argv` with its sweep flags replaced by `--sweep_point=K`."""
+  return child_command(
+    argv, ("sweep_parallel", "sweep_point"), ("sweep",), f"--sweep_point={point}"
+  )
 
 
 def _run_parallel(

@@ -425,8 +425,8 @@ def train_and_evaluate(
     last_eval: dict[str, float] = {}
     train_metrics, window_start, window_steps, train_seconds = None, time.perf_counter(), 0, 0.0
     window_rates: list[float] = []  # steps/s of each log window (the steady-state throughput)
-    every = config.train
-    sync_every = every.get("sync_every_steps", 0) or every.log_every_steps
+    intervals = config.train
+    sync_every = intervals.get("sync_every_steps", 0) or intervals.log_every_steps
     nonfinite_seen = int(state.nonfinite_total)
     batch = first
     step, pruned = start_step, False
@@ -442,8 +442,9 @@ def train_and_evaluate(
         is_last = step == num_steps
         if not is_last:
           batch = next(batches)
-      is_log, is_eval = step % every.log_every_steps == 0, step % every.eval_every_steps == 0
-      is_save = step % every.checkpoint_every_steps == 0
+      is_log = step % intervals.log_every_steps == 0
+      is_eval = step % intervals.eval_every_steps == 0
+      is_save = step % intervals.checkpoint_every_steps == 0
       # stop requests: a collective across processes, agreed every `sync_every` steps
       agree = step % sync_every == 0 or is_last or jax.process_count() == 1
       stop = agree and preemption.stop_requested()

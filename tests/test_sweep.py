@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import input_pipeline
@@ -18,7 +19,7 @@ from configs import (
   text_classification,
 )
 from configs.common import LONG_RANGE_TYPES, axis, chain, product, zip_
-from experiments import attention_maps, preemption, sweep, train, validate
+from experiments import attention_maps, comparison, preemption, sweep, train, validate
 from input_pipeline.base import TaskInfo
 from tests.test_fault_tolerance import ENV
 from tests.tiny import tiny_config
@@ -98,7 +99,8 @@ def test_seeds_repeat_every_point_and_group_by_the_other_overrides(tmp_path):
   points = sweep.load_sweep(path, seeds=3)
   assert points == [{"model.attention.name": n, "seed": s} for n in ("a", "b") for s in range(3)]
   assert sweep.point_name(points[1]) == "attention.name=a,seed=1"
-  assert sweep.group_overrides(points[4]) == {"model.attention.name": "b"}
+  assert comparison.group_overrides(points[4]) == {"model.attention.name": "b"}
+  assert comparison.group_name(points[4]) == "b"
   assert sweep.load_sweep(path) == [{"model.attention.name": "a"}, {"model.attention.name": "b"}]
   plain = tmp_path / "plain.py"
   plain.write_text("def get_config(arg=None):\n  return None\n")
@@ -110,7 +112,17 @@ def test_seeds_repeat_every_point_and_group_by_the_other_overrides(tmp_path):
     sweep.load_sweep(seeded, seeds=2)
 
 
-def test_seeds_of_a_group_share_one_compilation(tmp_path):
+@pytest.fixture
+def cache_every_program():
+  """JAX caches only programs that took >= 1 s to compile; the tiny ones here may take less."""
+  key = "jax_persistent_cache_min_compile_time_secs"
+  before = getattr(jax.config, key)
+  jax.config.update(key, 0.0)
+  yield
+  jax.config.update(key, before)
+
+
+def test_seeds_of_a_group_share_one_compilation(tmp_path, cache_every_program):
   """Three seeds: one cached train step in DIR/compile_cache; the seeds still train apart."""
   path = write_experiment(
     tmp_path / "experiment.py", 'axis("model.attention.name", ["scaled_dot"])', steps=4
