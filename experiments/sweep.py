@@ -55,10 +55,15 @@ def load_experiment(experiment: str) -> tuple[str, str, Any]:
 def load_sweep(experiment: str, seeds: int = 0) -> list[dict[str, Any]]:
   """`configs/x.py[:arg]` -> the override dicts of its `get_sweep(arg)`, each repeated with
   `seed` 0..seeds-1 when `seeds` > 0 (a file without get_sweep is then one point)."""
+  if seeds < 0:
+    raise validate.ConfigError(f"--seeds={seeds}; give a number of seeds >= 1 (0: as declared)")
   path, arg, module = load_experiment(experiment)
   if not hasattr(module, "get_sweep") and not seeds:
     raise validate.ConfigError(f"{path} defines no get_sweep(arg); add one or drop --sweep")
-  points = module.get_sweep(arg or None) if hasattr(module, "get_sweep") else [{}]
+  try:
+    points = module.get_sweep(arg or None) if hasattr(module, "get_sweep") else [{}]
+  except ValueError as e:  # e.g. an unknown experiment argument
+    raise validate.ConfigError(f"{path}: {e}") from None
   if not points:
     raise validate.ConfigError(f"{path}: get_sweep({arg!r}) returned no points")
   points = [dict(p) for p in points]

@@ -110,6 +110,10 @@ def test_seeds_repeat_every_point_and_group_by_the_other_overrides(tmp_path):
   seeded = write_experiment(tmp_path / "seeded.py", 'axis("seed", [0, 1])')
   with pytest.raises(validate.ConfigError, match="already sets `seed`; drop --seeds"):
     sweep.load_sweep(seeded, seeds=2)
+  with pytest.raises(validate.ConfigError, match="--seeds=-1; give a number of seeds >= 1"):
+    sweep.load_sweep(path, seeds=-1)
+  with pytest.raises(validate.ConfigError, match=r"types='bogus': unknown \['bogus'\]; valid: "):
+    sweep.load_sweep("configs/compare_reverse.py:types=bogus")
 
 
 @pytest.fixture
