@@ -35,10 +35,10 @@ mutation: $(STAMP)
 	$(BIN)/python -m tests.mutation --docs docs/testing.md
 
 bench: $(STAMP)
-	$(BIN)/python -m experiments.benchmark --cpu_targets
+	$(BIN)/python -m experiments.benchmarks --cpu_targets
 
 bench_all: $(STAMP)
-	$(BIN)/python -m experiments.benchmark --cpu_all_types
+	$(BIN)/python -m experiments.benchmarks --cpu_all_types
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -4,7 +4,7 @@
     python main.py --config=configs/default.py:steps=500 --workdir=runs/quick \
         --config.model.attention.name=additive --config.optimizer.learning_rate=1e-3
 
-Several processes (one per host or per GPU): see experiments/distributed.py and docs/long_runs.md.
+Several processes (one per host or per GPU): experiments/run/distributed.py, docs/long_runs.md.
 """
 
 import sys
@@ -43,7 +43,8 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
   import jax
 
-  from experiments import checkpoints, distributed, search, sweep, train, validate
+  from experiments.compare import report, search, sweep
+  from experiments.run import checkpoints, distributed, train, validate
 
   launcher = (FLAGS.sweep or FLAGS.seeds) and FLAGS.sweep_parallel > 1 and FLAGS.sweep_point is None
   launcher = launcher or (FLAGS.search and FLAGS.search_workers > 1 and not FLAGS.search_worker)
@@ -64,6 +65,8 @@ def main(argv):
       )  # fmt: skip
       if FLAGS.sweep_point is not None and sweep.FAILED in statuses:
         sys.exit(1)  # e.g. a failed task of a job array
+      if FLAGS.sweep_point is None and jax.process_index() == 0:
+        report.print_summary(report.write_report(FLAGS.workdir))
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (

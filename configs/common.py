@@ -102,7 +102,7 @@ def mesh_section(shape: tuple[int, int, int] = (-1, 1, 1)) -> ml_collections.Con
 
 # Hyperparameter search: an experiment file may define `get_search(arg)` returning
 # `search(loguniform("optimizer.learning_rate", 1e-4, 3e-2), ..., trials=20, budget={...})`.
-# Plain data: experiments/search.py turns each parameter into an Optuna suggestion.
+# Plain data: experiments/compare/search.py turns each parameter into an Optuna suggestion.
 
 
 def loguniform(key: str, low: float, high: float) -> dict:

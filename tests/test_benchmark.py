@@ -7,10 +7,13 @@ import os
 import jax
 import pytest
 
-from experiments import benchmark, benchmark_report, benchmark_train, flops
+from configs import default
+from experiments.benchmarks import attention_cost, train_step
+from experiments.benchmarks import report as benchmark_report
+from experiments.run import flops
 from models import attention
 
-TINY = benchmark.Shape(batch=1, length=64, heads=2, head_dim=8)
+TINY = attention_cost.Shape(batch=1, length=64, heads=2, head_dim=8)
 ROW_KEYS = {
   "attention", "length", "mode", "dtype", "median_ms", "min_ms", "compile_ms", "temp_bytes",
   "flops", "gflops_per_s",
@@ -18,17 +21,17 @@ ROW_KEYS = {
 
 
 def test_all_is_the_references_and_every_registered_type():
-  names = benchmark.resolve_names(["all"])
+  names = attention_cost.resolve_names(["all"])
   assert names[:2] == ["flax_mha", "jax_dpa"]
   assert set(names[2:]) == set(attention.REGISTRY)
-  assert benchmark.resolve_names(["linear"]) == ["flax_mha", "jax_dpa", "linear"]
+  assert attention_cost.resolve_names(["linear"]) == ["flax_mha", "jax_dpa", "linear"]
   with pytest.raises(Exception, match="valid: all, flax_mha"):
-    benchmark.resolve_names(["nope"])
+    attention_cost.resolve_names(["nope"])
 
 
-@pytest.mark.parametrize("name", benchmark.resolve_names(["all"]))
+@pytest.mark.parametrize("name", attention_cost.resolve_names(["all"]))
 def test_valid_row_for_every_type(name):
-  (row,) = benchmark.run([name], [64], TINY, repeats=2, log=None)
+  (row,) = attention_cost.run([name], [64], TINY, repeats=2, log=None)
   assert "error" not in row and "skipped" not in row, row
   assert set(row) >= ROW_KEYS, row
   assert row["median_ms"] > 0 and 0 < row["min_ms"] <= row["median_ms"], row
@@ -37,33 +40,33 @@ def test_valid_row_for_every_type(name):
 
 
 def test_references_give_the_ratios_and_the_table():
-  rows = benchmark.run(["flax_mha", "jax_dpa", "scaled_dot"], [64], TINY, 2, peak_gflops=100.0)
+  rows = attention_cost.run(["flax_mha", "jax_dpa", "scaled_dot"], [64], TINY, 2, peak_gflops=100.0)
   by_name = {r["attention"]: r for r in rows}
   assert by_name["flax_mha"]["vs_reference"] == 1.0
   assert all(r["vs_reference"] > 0 and r["util"] > 0 for r in rows)
-  assert "| scaled_dot | 64 | 1 | 2×8 | fwd_bwd |" in benchmark.table(rows)
+  assert "| scaled_dot | 64 | 1 | 2×8 | fwd_bwd |" in attention_cost.table(rows)
 
 
 def test_scaled_dot_flops_by_hand():
   b, t, h, d = 2, 128, 4, 16
-  s = benchmark.Shape(b, t, h, d, mode="fwd")
+  s = attention_cost.Shape(b, t, h, d, mode="fwd")
   e = h * d
   projections = 4 * (2 * b * t * e * e)  # q, k, v, out: [B T E] x [E E]
   scores_and_mix = 2 * (2 * b * h * t * t * d)  # q kᵀ and w v
-  assert benchmark.flops("scaled_dot", s) == projections + scores_and_mix
+  assert attention_cost.flops("scaled_dot", s) == projections + scores_and_mix
   both = dataclasses.replace(s, mode="fwd_bwd")
-  assert benchmark.flops("scaled_dot", both) == 3 * (projections + scores_and_mix)
-  assert benchmark.flops("flax_mha", s) == projections + scores_and_mix
-  assert benchmark.flops("jax_dpa", s) == scores_and_mix
+  assert attention_cost.flops("scaled_dot", both) == 3 * (projections + scores_and_mix)
+  assert attention_cost.flops("flax_mha", s) == projections + scores_and_mix
+  assert attention_cost.flops("jax_dpa", s) == scores_and_mix
 
 
-@pytest.mark.parametrize("name", benchmark.resolve_names(["all"]))
+@pytest.mark.parametrize("name", attention_cost.resolve_names(["all"]))
 def test_flop_formula_matches_the_program(name):
   """The analytic forward FLOPs agree with XLA's count of the lowered program, and, for types
   with loops (XLA counts a loop body once), with the matrix products and convolutions of the
   traced program, scan bodies counted once per iteration."""
-  s = benchmark.Shape(1, 512, 8, 64, mode="fwd")
-  case = benchmark.make_case(name, s, jax.random.key(0))
+  s = attention_cost.Shape(1, 512, 8, 64, mode="fwd")
+  case = attention_cost.make_case(name, s, jax.random.key(0))
   args = (*jax.eval_shape(case.init), *jax.eval_shape(case.fresh, jax.random.key(1)))
   lowered = jax.jit(case.fn).lower(*args)
   if "stablehlo.while" in lowered.as_text():
@@ -71,44 +74,44 @@ def test_flop_formula_matches_the_program(name):
   else:
     cost = lowered.cost_analysis()
     counted = (cost[0] if isinstance(cost, list) else cost)["flops"]
-  assert benchmark.flops(name, s) == pytest.approx(counted, rel=0.15), (
-    f"update FORWARD_FLOPS[{name!r}] in experiments/benchmark.py"
+  assert attention_cost.flops(name, s) == pytest.approx(counted, rel=0.15), (
+    f"update FORWARD_FLOPS[{name!r}] in experiments/benchmarks/attention_cost.py"
   )
 
 
 def test_rows_over_the_budgets_are_compiled_but_not_run():
-  row = benchmark.measure("scaled_dot", TINY, repeats=2, max_temp_bytes=0)
+  row = attention_cost.measure("scaled_dot", TINY, repeats=2, max_temp_bytes=0)
   assert "median_ms" not in row and row["temp_bytes"] > 0 and "temp" in row["skipped"]
-  row = benchmark.measure("scaled_dot", TINY, repeats=2, max_gflop=0.0)
+  row = attention_cost.measure("scaled_dot", TINY, repeats=2, max_gflop=0.0)
   assert "median_ms" not in row and "GFLOP" in row["skipped"]
-  rows = benchmark.run(["scaled_dot"], [], TINY, memory_lengths=[128], log=None)
+  rows = attention_cost.run(["scaled_dot"], [], TINY, memory_lengths=[128], log=None)
   assert rows[0]["length"] == 128 and rows[0]["temp_bytes"] > 0 and "median_ms" not in rows[0]
-  assert "not run" in benchmark.table(rows)
+  assert "not run" in attention_cost.table(rows)
 
 
 def test_a_type_that_cannot_build_gets_an_error_row(monkeypatch):
-  monkeypatch.setattr(benchmark, "type_fields", lambda name, length: {"max_length": 1})
-  row = benchmark.prepare("linformer", TINY, 1).row
+  monkeypatch.setattr(attention_cost, "type_fields", lambda name, length: {"max_length": 1})
+  row = attention_cost.prepare("linformer", TINY, 1).row
   assert "error" in row and "median_ms" not in row
-  assert "error" in benchmark.table([row])
+  assert "error" in attention_cost.table([row])
 
 
 def test_scaled_dot_compiles_to_flax_mha_s_program():
-  assert benchmark.program_difference("scaled_dot", "flax_mha", TINY) == 0
-  assert benchmark.program_difference("scaled_dot", "dot", TINY) > 0  # dot does not scale q
+  assert attention_cost.program_difference("scaled_dot", "flax_mha", TINY) == 0
+  assert attention_cost.program_difference("scaled_dot", "dot", TINY) > 0  # dot does not scale q
 
 
 def test_profile_sums_op_time_by_category():
-  p = benchmark.profile_case("scaled_dot", dataclasses.replace(TINY, length=128), calls=2)
+  p = attention_cost.profile_case("scaled_dot", dataclasses.replace(TINY, length=128), calls=2)
   assert p["total_ms"] > 0 and p["wall_ms"] > 0
   assert "matmul" in p["categories"] and p["ops"][0]["ms"] >= p["ops"][-1]["ms"]
-  assert "| matmul |" in benchmark.profile_table(p)
+  assert "| matmul |" in attention_cost.profile_table(p)
 
 
 def test_train_step_benchmark_reports_mfu():
   tiny = {"emb_dim": 32, "num_heads": 2, "layers": 1, "mlp_dim": 64, "length": 32}
-  r = benchmark_train.run(batch=2, vocab=64, steps=1, settings=tiny)
-  assert r["model"].startswith(benchmark_train.family())
+  r = train_step.run(default.get_config(), batch=2, vocab=64, steps=1, settings=tiny)
+  assert r["model"].startswith(train_step.family())
   for key in ("step_ms", "tokens_per_sec", "model_gflops_per_step", "mfu", "matmul_params"):
     assert r[key] > 0, (key, r)
   # PaLM: 6 N + 12 L d T per token (the embedding is reused for the logits, so it counts).
@@ -158,7 +161,7 @@ def _fake_measurements() -> dict:
 def test_doc_states_the_targets_and_keeps_other_sections(tmp_path):
   old = "# old\n\n## Input pipeline\n\nrates\n\n## GPU\n\nH100 numbers\n\n## Stale\n\nx\n"
   (tmp_path / "benchmarks.md").write_text(old)
-  benchmark_report.write_targets(str(tmp_path), _fake_measurements())
+  benchmark_report.write_targets(docs=str(tmp_path), measured=_fake_measurements())
   doc = (tmp_path / "benchmarks.md").read_text()
   assert "Measured 2026-01-02 on test machine" in doc and "## Targets" in doc
   assert "| 1. scaled_dot fwd+bwd ≤ 1.0x flax_mha (aim 0.8x), T=2048" in doc

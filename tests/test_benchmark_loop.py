@@ -1,6 +1,6 @@
 """The loop benchmark: its measurements run on a tiny config, and its section replaces itself."""
 
-from experiments import benchmark_loop
+from experiments.benchmarks import loop
 from tests.tiny import tiny_config
 
 MEASURED = {
@@ -10,19 +10,19 @@ MEASURED = {
   "loop": [30.0, 32.0, 31.0],
   "minimal": [29.0, 30.0, 31.0],
   "checkpoint": {"pause_s": 0.05, "complete_s": 0.4, "state_mib": 1.9},
-  "command": "python -m experiments.benchmark_loop",
+  "command": "python -m experiments.benchmarks.loop",
 }
 
 
 def test_section_is_inserted_before_gpu_then_replaced(tmp_path):
   doc = tmp_path / "benchmarks.md"
   doc.write_text("# Benchmarks\n\n## Train step\n\nold\n\n## GPU\n\nnone\n")
-  benchmark_loop.write(MEASURED, str(doc))
+  loop.write(MEASURED, str(doc))
   text = doc.read_text()
   assert text.index("## Training loop") < text.index("## GPU")
   assert "| 31.0 | 1.03x |" in text  # medians 31 / 30
   assert "holds the loop\n50 ms" in text or "holds the loop 50 ms" in text.replace("\n", " ")
-  benchmark_loop.write({**MEASURED, "loop": [15.0, 15.0, 15.0]}, str(doc))
+  loop.write({**MEASURED, "loop": [15.0, 15.0, 15.0]}, str(doc))
   text = doc.read_text()
   assert text.count("## Training loop") == 1 and "| 15.0 | 0.50x |" in text
   assert text.endswith("## GPU\n\nnone\n") and "## Train step\n\nold" in text
@@ -30,7 +30,7 @@ def test_section_is_inserted_before_gpu_then_replaced(tmp_path):
 
 def test_measurements_run_on_a_tiny_config():
   config = tiny_config(steps=10)
-  assert benchmark_loop.loop_rate(config, 10) > 0
-  assert benchmark_loop.minimal_rate(config, 10) > 0
-  pause = benchmark_loop.checkpoint_pause(config, saves=2)
+  assert loop.loop_rate(config, 10) > 0
+  assert loop.minimal_rate(config, 10) > 0
+  pause = loop.checkpoint_pause(config, saves=2)
   assert 0 < pause["pause_s"] <= pause["complete_s"] and pause["state_mib"] > 0

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import input_pipeline
-from experiments import validate
+from experiments.run import validate
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

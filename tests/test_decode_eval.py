@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from experiments import decode_eval, train
+from experiments.run import decode_eval, train
 from tests.tiny import tiny_config
 
 

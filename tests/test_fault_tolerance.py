@@ -23,7 +23,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 import input_pipeline
 from configs import default
-from experiments import checkpoints, preemption, train, validate
+from experiments.run import checkpoints, preemption, train, validate
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

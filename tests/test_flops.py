@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import flops
+from experiments.run import flops
 
 A = jnp.ones((4, 8))
 W = jnp.ones((8, 8))

@@ -875,7 +875,7 @@ def test_missing_tfds_dataset_says_how_to_build_it(tmp_path):
   "name", ["listops", "text_classification", "retrieval", "image", "translation", "lm"]
 )
 def test_experiment_config_is_valid(name):
-  from experiments import validate
+  from experiments.run import validate
 
   config = importlib.import_module(f"configs.{name}").get_config()
   validate.check_config(config)
@@ -901,7 +901,7 @@ TINY_MODEL = dict(
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENT_CASES))
 def test_experiment_trains_end_to_end(name, files, tmp_path):
-  from experiments import train
+  from experiments.run import train
 
   config = importlib.import_module(f"configs.{name}").get_config()
   data, needs_mock = task_configs(files)[EXPERIMENT_CASES[name]]

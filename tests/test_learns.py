@@ -4,8 +4,8 @@ model fed zeroed inputs cannot (so the fit comes from reading the inputs, not fr
 Tasks (32 fixed examples each, symbols 2..7, 0 = padding, 1 = EOS):
   seq2seq: reverse 3 symbols;  lm: a b c a b c (the second half repeats the first);
   classification: the class is the first symbol;  retrieval: do the two first symbols agree.
-Metrics are the tasks' own (`experiments.tasks`): sequence accuracy, or for lm the token accuracy
-on the repeated half.
+Metrics are the tasks' own (`experiments.run.tasks`): sequence accuracy, or for lm the token
+accuracy on the repeated half.
 """
 
 import dataclasses
@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import models
-from experiments import tasks
+from experiments.run import tasks
 
 N, STEPS = 32, 200
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import tasks
+from experiments.run import tasks
 from models.classifier import pool
 
 

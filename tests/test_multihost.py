@@ -1,6 +1,6 @@
 """JAX's distributed runtime for real: two CPU processes (gloo collectives, a coordinator on
 localhost) train as one, stop together when only one of them is signalled, and resume together;
-plus how `experiments.distributed` reads a launch from the environment."""
+plus how `experiments.run.distributed` reads a launch from the environment."""
 
 import signal
 import socket
@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import pytest
 
-from experiments import distributed
+from experiments.run import distributed
 from tests.test_fault_tolerance import TINY_FLAGS, Main, _json, _records, _steps
 
 

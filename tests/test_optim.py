@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import default
-from experiments import optim
+from experiments.run import optim
 
 
 def _config(**fields):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report, stats, sweep
+from experiments.compare import report, stats, sweep
 from tests.test_sweep import write_experiment
 from tests.tiny import tiny_config
 
@@ -118,7 +118,7 @@ def test_one_seed_per_group_says_there_is_no_interval(tmp_path):
 
 def test_equal_time_view_takes_the_last_evaluation_within_the_shortest_budget(tmp_path):
   """A run twice as fast gets the evaluation it reached in the slower group's training time."""
-  from experiments import comparison
+  from experiments.compare import comparison
 
   for name, rate in (("slow", 1.0), ("fast", 2.0)):
     fake_run(tmp_path, name, best=0.5, final=0.5, metric="eval/accuracy", seed=0)
@@ -182,6 +182,7 @@ def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
   )
   runs = tmp_path / "runs"
   assert sweep.run(tiny_config(steps=6), path, str(runs)) == ["finished", "finished"]
+  report.print_summary(report.write_report(str(runs)))
   assert "report: " in capsys.readouterr().out
   out = runs / "report"
   rows = read_csv(out / "results.csv")

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import default
-from experiments import optim
+from experiments.run import optim
 from input_pipeline.translation import bleu
 
 LR, WARMUP, UPDATES = 0.5, 10, 100

@@ -1,5 +1,5 @@
-"""Hyperparameter search (experiments/search.py): the space helpers, pruning from the loop, workers
-sharing a study (SQLite and a real PostgreSQL server), a killed worker's trial, resuming."""
+"""Hyperparameter search (experiments/compare/search.py): the space helpers, pruning from the loop,
+workers sharing a study (SQLite and a real PostgreSQL server), a killed worker's trial, resuming."""
 
 import json
 import math
@@ -15,7 +15,8 @@ import optuna
 import pytest
 
 from configs import common, compare_reverse, default, listops
-from experiments import search, sweep, validate
+from experiments.compare import search, sweep
+from experiments.run import validate
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

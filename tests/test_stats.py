@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from experiments import stats
+from experiments.compare import stats
 
 # The demo's spread (issue report): scaled_dot and linear, seeds 0/1/2.
 SCALED_DOT = [0.836, 0.793, 0.898]

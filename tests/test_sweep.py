@@ -19,7 +19,8 @@ from configs import (
   text_classification,
 )
 from configs.common import LONG_RANGE_TYPES, axis, chain, product, zip_
-from experiments import attention_maps, comparison, preemption, sweep, train, validate
+from experiments.compare import attention_maps, comparison, report, sweep
+from experiments.run import preemption, train, validate
 from input_pipeline.base import TaskInfo
 from tests.test_fault_tolerance import ENV
 from tests.tiny import tiny_config
@@ -239,7 +240,7 @@ def test_sweep_records_failures_resumes_interrupted_and_skips_finished_points(
   assert json.loads((workdir / "num_heads=3" / "overrides.json").read_text()) == {
     "model.num_heads": 3
   }
-  assert (workdir / "report" / "report.md").exists()  # the report ran at the end
+  assert report.write_report(str(workdir)).endswith("report.md")  # a failed point's dir is skipped
   log = (interrupted / "metrics.jsonl").read_text().splitlines()
   steps = [json.loads(ln)["step"] for ln in log]
   assert 3 in steps and steps[-1] == 6  # one run up to 3, then resumed to 6

@@ -18,7 +18,7 @@ from jax._src import config as jax_config
 
 import input_pipeline
 import models
-from experiments import optim, preemption, sharding, train
+from experiments.run import optim, preemption, sharding, train
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,7 +236,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
-from experiments import train
+from experiments.run import train
 from tests.tiny import tiny_config
 out = {{}}
 for shape in {meshes!r}:

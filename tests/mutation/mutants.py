@@ -35,12 +35,12 @@ class Mutant:
 GROUPS = (  # (path prefix, module group in the kill table), first match wins
   ("models/attention/", "models/attention"),
   ("models/decoding.py", "decoding + BLEU"),
-  ("experiments/decode_eval.py", "decoding + BLEU"),
+  ("experiments/run/decode_eval.py", "decoding + BLEU"),
   ("input_pipeline/translation.py", "decoding + BLEU"),
-  ("experiments/tasks.py", "experiments/tasks (loss, metrics)"),
-  ("experiments/optim.py", "experiments/optim"),
+  ("experiments/run/tasks.py", "experiments/tasks (loss, metrics)"),
+  ("experiments/run/optim.py", "experiments/optim"),
   ("input_pipeline/", "input_pipeline (targets)"),
-  ("experiments/benchmark.py", "experiments/benchmark (FLOPs)"),
+  ("experiments/benchmarks/attention_cost.py", "experiments/benchmark (FLOPs)"),
   ("models/", "models (families)"),
 )
 
@@ -58,13 +58,13 @@ def _m(id, file, original, replacement, tests, why, equivalent=""):  # noqa: A00
 
 
 BASE = "models/attention/base.py"
-TASKS = "experiments/tasks.py"
-OPTIM = "experiments/optim.py"
+TASKS = "experiments/run/tasks.py"
+OPTIM = "experiments/run/optim.py"
 SYN = "input_pipeline/synthetic.py"
 DECODING = "models/decoding.py"
 
 MUTANTS: tuple[Mutant, ...] = (
-  # ------------------------------------------------------------------ experiments/tasks.py
+  # ------------------------------------------------------------------ experiments/run/tasks.py
   _m(
     "tasks-valid-ignored",
     TASKS,
@@ -161,7 +161,7 @@ MUTANTS: tuple[Mutant, ...] = (
     T_LOSS,
     "training batches (no `valid`) count no example",
   ),
-  # ------------------------------------------------------------------ experiments/optim.py
+  # ------------------------------------------------------------------ experiments/run/optim.py
   _m(
     "optim-accum-sum",
     OPTIM,
@@ -382,7 +382,7 @@ MUTANTS: tuple[Mutant, ...] = (
   ),
   _m(
     "bleu-strip-keeps-eos",
-    "experiments/decode_eval.py",
+    "experiments/run/decode_eval.py",
     "return ids[: stop[0]] if stop.size else ids",
     "return ids[: stop[0] + 1] if stop.size else ids",
     (T_BLEU, "-k", "strip"),
@@ -578,7 +578,7 @@ MUTANTS: tuple[Mutant, ...] = (
   # ------------------------------------------------------------------ benchmark FLOPs
   _m(
     "flops-loop-type-halved",
-    "experiments/benchmark.py",
+    "experiments/benchmarks/attention_cost.py",
     '"lsh": _lsh,',
     '"lsh": lambda s, f: _lsh(s, f) / 2,',
     ("tests/test_benchmark.py", "-k", "flop_formula and lsh"),

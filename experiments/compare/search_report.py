@@ -1,12 +1,13 @@
-"""The report of a hyperparameter search (experiments/search.py): DIR/report/search.md.
+"""The report of a hyperparameter search (experiments/compare/search.py): DIR/report/search.md.
 
-    python -m experiments.report DIR      # a search workdir (it holds search.json)
+    python -m experiments.compare.report DIR      # a search workdir (it holds search.json)
 
 For every study (one per point with --sweep): its trials by state, the best trial (validation
 value, step, folder), Optuna's optimisation history and parameter importances (PED-ANOVA, Watanabe
 et al., 2023; `optuna.visualization.matplotlib`, as PNG), and a table of the best configuration
 per point with its number of trials. Each study's trials also get the ordinary run report
-(`experiments.report`: table and learning curves) in <point>/trials/report/. With --sweep the
+(`experiments.compare.report`: table and learning curves) in <point>/trials/report/. With --sweep
+the
 tuned comparison (best trial per point, several seeds, test numbers) is DIR/tuned/report/.
 """
 
@@ -23,9 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from absl import logging  # noqa: E402
 
-from experiments import report  # noqa: E402
+from experiments.compare import report  # noqa: E402
 
-MANIFEST = "search.json"  # written by experiments/search.py
+MANIFEST = "search.json"  # written by experiments/compare/search.py
 STORE = "study.db"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 

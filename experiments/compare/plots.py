@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from experiments import stats
+from experiments.compare import stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

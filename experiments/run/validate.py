@@ -12,7 +12,7 @@ import ml_collections
 
 import input_pipeline
 import models
-from experiments import optim, sharding
+from experiments.run import optim, sharding
 from models import attention
 
 DTYPES = ("float32", "bfloat16")

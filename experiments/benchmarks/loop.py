@@ -1,7 +1,7 @@
 """The training loop's own cost: its steps/s against a minimal flax script of the same model, and
 the pause an (asynchronous) checkpoint save puts in it.
 
-    python -m experiments.benchmark_loop [--config=configs/default.py] [--steps=300] [--rounds=3]
+    python -m experiments.benchmarks.loop [--config=configs/default.py] [--steps=300] [--rounds=3]
                                          [--write]
 
 * loop: `train.train_and_evaluate` on the experiment (evaluation and checkpoint only at the
@@ -34,8 +34,8 @@ from ml_collections import config_flags
 
 import input_pipeline
 import models
-from experiments import checkpoints, optim, sharding, tasks, train
-from experiments.device_info import machine
+from experiments.run import checkpoints, optim, sharding, tasks, train
+from experiments.run.device_info import machine
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                    "benchmarks.md")  # fmt: skip
@@ -144,7 +144,7 @@ def measure(config, steps: int, rounds: int) -> dict[str, Any]:
     "loop": loop,
     "minimal": minimal,
     "checkpoint": checkpoint_pause(config),
-    "command": " ".join(["python -m experiments.benchmark_loop", *sys.argv[1:]]),
+    "command": " ".join(["python -m experiments.benchmarks.loop", *sys.argv[1:]]),
   }
 
 

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from experiments import stats
+from experiments.compare import stats
 
 VIEWS = ("steps", "time", "flops")
 

@@ -8,7 +8,8 @@ runs in DIR/<name of its overrides>/ (its overrides in overrides.json). A point 
 exists is skipped, an interrupted one resumes from its checkpoints, and a failing one leaves its
 error and traceback in error.txt without stopping the others. With `--sweep_parallel=N` the points
 run as N processes of main.py with `--sweep_point=K` at a time, each logging to DIR/<point>/log.txt.
-The report (experiments/report.py) is written at the end of a sweep.
+The command line writes the report (experiments/compare/report.py) at the end of a sweep; the
+runner itself does not import plotting.
 
 Seeds: `--seeds=N` repeats every point with `seed` = 0..N-1 (points that differ only in seed form
 one *group*; the report aggregates groups). The points of a sweep share JAX's persistent
@@ -35,7 +36,7 @@ import ml_collections
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache
 
-from experiments import report, train, validate
+from experiments.run import train, validate
 
 FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempted"
 NOT_RUN = "not run"
@@ -201,7 +202,7 @@ def run(
   argv: Sequence[str] | None = None,
   seeds: int = 0,
 ) -> list[str]:
-  """The whole sweep (then the report), or only `point`; returns each point's status.
+  """The whole sweep, or only `point`; returns each point's status.
 
   `experiment` is the `--config` file (`configs/x.py[:arg]`), `config` its config with command-line
   overrides applied; `argv` (default sys.argv) is the command line the parallel processes repeat;
@@ -233,8 +234,6 @@ def run(
     statuses = _run_parallel(names, workdir, parallel, list(argv or sys.argv), cache)
   for name, status in zip(names, statuses, strict=True):
     logging.info("%-70s %s", name, status)
-  if jax.process_index() == 0:
-    report.print_summary(report.write_report(workdir))
   return statuses
 
 

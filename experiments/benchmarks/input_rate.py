@@ -1,6 +1,6 @@
 """Input-pipeline throughput per task: examples/s and tokens/s of `train_dataset` on this machine.
 
-    python -m experiments.benchmark_input [--output=FILE.md] [--seconds=5]
+    python -m experiments.benchmarks.input_rate [--output=FILE.md] [--seconds=5]
 
 Builds each task from generated data (no downloads): the synthetic `reverse` task, ListOps from
 files written by `input_pipeline.listops_generate` (LRA lengths), byte-level text classification
@@ -128,7 +128,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
   cpu = platform.processor() or platform.machine()
   lines = [
     f"Input pipeline throughput, {datetime.date.today()}, {os.cpu_count()} CPU cores ({cpu}), "
-    f"TensorFlow {tf.__version__}; `python -m experiments.benchmark_input`.",
+    f"TensorFlow {tf.__version__}; `python -m experiments.benchmarks.input_rate`.",
     "",
     "| task | batch (inputs) | load s | batches/s | examples/s | tokens/s | fill |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

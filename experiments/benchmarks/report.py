@@ -1,14 +1,14 @@
 """The CPU measurements behind docs/, rewritten with date and machine.
 
-    python -m experiments.benchmark --cpu_targets     # make bench: docs/benchmarks.md (minutes)
-    python -m experiments.benchmark --cpu_all_types   # make bench_all: docs/benchmarks_all_types.md
+    python -m experiments.benchmarks --cpu_targets     # make bench: docs/benchmarks.md (minutes)
+    python -m experiments.benchmarks --cpu_all_types   # make bench_all: benchmarks_all_types.md
 
 Targets (the performance issue): 1. scaled_dot vs flax_mha, fwd+bwd, T=512..2048, B=8 H=8 D=64;
 2. memory_efficient at T=16384 (temp memory vs scaled_dot's, by memory analysis) and its time
 at T=2048; 3. linear / performer / linformer / sliding_window vs scaled_dot at T=4096; 4. the
 train step's MFU. `--cpu_targets` measures only the rows these need; `--cpu_all_types` every
 registered type at T=1024..4096 (plus memory analysis at 8192 and 16384), with the plots.
-Sections `## Training loop` (experiments/benchmark_loop.py), `## GPU` and `## Input pipeline`
+Sections `## Training loop` (experiments/benchmarks/loop.py), `## GPU` and `## Input pipeline`
 already in benchmarks.md are kept as they are; a placeholder GPU section is added when there is
 none.
 """
@@ -22,17 +22,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from experiments import benchmark, benchmark_train
-from experiments.device_info import machine, matmul_rate
+from experiments.benchmarks import attention_cost, train_step
+from experiments.run.device_info import machine, matmul_rate
 from models import attention
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 TARGETS_DOC, ALL_TYPES_DOC = "benchmarks.md", "benchmarks_all_types.md"
 KEPT_SECTIONS = ("Training loop", "GPU", "Input pipeline")  # written by others; kept verbatim
 
-MHA = benchmark.Shape(batch=8, length=0, heads=8, head_dim=64)
+MHA = attention_cost.Shape(batch=8, length=0, heads=8, head_dim=64)
 MHA_LENGTHS = (512, 1024, 2048)
-SWEEP = benchmark.Shape(batch=1, length=0, heads=8, head_dim=64)
+SWEEP = attention_cost.Shape(batch=1, length=0, heads=8, head_dim=64)
 SWEEP_LENGTHS = (1024, 2048, 4096)
 MEMORY_LENGTHS = (8192, 16384)  # compiled for the memory analysis only
 SWEEP_MAX_TEMP_GIB = 6.0  # a shared 24 GiB machine: larger rows are compiled, not run
@@ -82,7 +82,7 @@ def _finish(out: dict[str, Any], tables: tuple[str, ...], start: float) -> dict[
   out["matmul_gflops_per_s"] = {d: max(v, again[d]) for d, v in out["matmul_gflops_per_s"].items()}
   peak = out["matmul_gflops_per_s"]["float32"]
   for name in tables:
-    benchmark.add_ratios(out[name], peak)
+    attention_cost.add_ratios(out[name], peak)
   if "train" in out:
     tr = out["train"]
     tr["matmul_gflops_per_s"] = max(tr["matmul_gflops_per_s"], peak)
@@ -91,20 +91,21 @@ def _finish(out: dict[str, Any], tables: tuple[str, ...], start: float) -> dict[
   return out
 
 
-def measure_targets(log: Callable[[str], None] = print) -> dict[str, Any]:
-  """The rows of docs/benchmarks.md: what the four CPU targets need (minutes on 2 cores)."""
+def measure_targets(experiment, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The rows of docs/benchmarks.md: what the four CPU targets need (minutes on 2 cores); the
+  train-step row uses `experiment`'s optimizer."""
   start = time.perf_counter()
   out = _device(log)
   peak = out["matmul_gflops_per_s"]["float32"]
-  out["mha"] = benchmark.run(
+  out["mha"] = attention_cost.run(
     ["flax_mha", "scaled_dot"], MHA_LENGTHS, MHA, REPEATS, 16.0, peak_gflops=peak, log=log
   )
-  out["scaled_dot_vs_flax_mha_hlo_diff"] = benchmark.program_difference(
+  out["scaled_dot_vs_flax_mha_hlo_diff"] = attention_cost.program_difference(
     "scaled_dot", "flax_mha", dataclasses.replace(MHA, length=MHA_LENGTHS[0])
   )
   out["long"] = []
   for names, length in LONG_ROWS:
-    out["long"] += benchmark.run(
+    out["long"] += attention_cost.run(
       list(names),
       [length] if length else [],
       SWEEP,
@@ -115,7 +116,7 @@ def measure_targets(log: Callable[[str], None] = print) -> dict[str, Any]:
       log=log,
     )
   log("train step ...")
-  out["train"] = benchmark_train.run(steps=TRAIN_STEPS, warmup=TRAIN_WARMUP, profile=True)
+  out["train"] = train_step.run(experiment, steps=TRAIN_STEPS, warmup=TRAIN_WARMUP, profile=True)
   return _finish(out, ("mha", "long"), start)
 
 
@@ -123,8 +124,8 @@ def measure_all_types(log: Callable[[str], None] = print) -> dict[str, Any]:
   """The rows of docs/benchmarks_all_types.md: every registered type and both references."""
   start = time.perf_counter()
   out = _device(log)
-  out["sweep"] = benchmark.run(
-    benchmark.resolve_names(["all"]),
+  out["sweep"] = attention_cost.run(
+    attention_cost.resolve_names(["all"]),
     SWEEP_LENGTHS,
     SWEEP,
     REPEATS,
@@ -241,7 +242,7 @@ def _train_section(tr: dict[str, Any]) -> list[str]:
   lines = [
     "## Train step (target 4)",
     "",
-    "The real jitted train step of `experiments/train.py` (AdamW, gradient clipping) on random "
+    "The real jitted train step of `experiments/run/train.py` (AdamW, gradient clipping) on random "
     "tokens; model FLOPs per token = 6 N + 12 L d T (PaLM, Chowdhery et al. 2022, appendix B; "
     "N = parameters used in matmuls), MFU = model FLOP/s over the float32 matmul rate above.",
     "",
@@ -263,7 +264,7 @@ def _train_section(tr: dict[str, Any]) -> list[str]:
       f" ms of op time for {prof['wall_ms']:,.0f} ms of wall time; ops may overlap on the two "
       "cores). `matmul` = dots and the fusions around them.",
       "",
-      benchmark.profile_table(prof),
+      attention_cost.profile_table(prof),
       "",
     ]
     explain = (
@@ -287,7 +288,7 @@ def _train_section(tr: dict[str, Any]) -> list[str]:
 def _header(m: dict[str, Any], flag: str) -> list[str]:
   rates = m["matmul_gflops_per_s"]
   return [
-    f"Measured {m['date']} on {m['machine']}, by `python -m experiments.benchmark {flag}` "
+    f"Measured {m['date']} on {m['machine']}, by `python -m experiments.benchmarks {flag}` "
     f"({m['minutes']} min). Matmul rate of this device (best of 10 calls of a 2048² matmul): "
     f"{rates['float32']:,.1f} GFLOP/s float32, {rates['bfloat16']:,.1f} GFLOP/s bfloat16; "
     "`util` = a row's analytic GFLOP/s over the float32 rate.",
@@ -297,7 +298,8 @@ def _header(m: dict[str, Any], flag: str) -> list[str]:
     f"rotated), 1 warm-up round then the median (and min) of {REPEATS} rounds, each call ended "
     "by `block_until_ready`; compile time is measured apart. `temp MiB` is XLA's compiled "
     "temporary memory (`memory_analysis()`); rows over the memory or FLOP budget are compiled "
-    "but not run. FLOPs are analytic per type (`FORWARD_FLOPS` in `experiments/benchmark.py`, "
+    "but not run. FLOPs are analytic per type (`FORWARD_FLOPS` in "
+    "`experiments/benchmarks/attention_cost.py`, "
     "projections included; fwd+bwd = 3x forward).",
     "",
   ]
@@ -322,7 +324,7 @@ def render_targets(m: dict[str, Any]) -> str:
     "Reference: `flax_mha` = `flax.linen.MultiHeadDotProductAttention`, with the same q/k/v/out "
     "projections as every registered type.",
     "",
-    benchmark.table(m["mha"]),
+    attention_cost.table(m["mha"]),
     "",
     "### Target 1: why scaled_dot and flax_mha take the same time",
     "",
@@ -343,7 +345,7 @@ def render_targets(m: dict[str, Any]) -> str:
     f"already-projected q, k, v (no projections, XLA implementation on CPU). T={T_MEMORY}: "
     "memory analysis only.",
     "",
-    benchmark.table(m["long"]),
+    attention_cost.table(m["long"]),
     "",
     *_train_section(m["train"]),
   ]
@@ -364,7 +366,7 @@ def render_all_types(m: dict[str, Any]) -> str:
     "",
     f"## fwd+bwd, B={SWEEP.batch} H={SWEEP.heads} D={SWEEP.head_dim}, float32",
     "",
-    benchmark.table(m["sweep"]),
+    attention_cost.table(m["sweep"]),
     "",
     "![time against length](benchmark_time.png)",
     "",
@@ -375,7 +377,7 @@ def render_all_types(m: dict[str, Any]) -> str:
 
 GPU_PLACEHOLDER = """## GPU
 
-No GPU measurements yet. On a GPU, `python -m experiments.benchmark --attention=all
+No GPU measurements yet. On a GPU, `python -m experiments.benchmarks --attention=all
 --lengths=1024,2048,4096,8192 --batch=8 --dtype=bfloat16` adds the cuDNN reference
 (`jax_dpa_cudnn`).
 """
@@ -419,9 +421,9 @@ def _write(docs: str, name: str, text: str, measured: dict[str, Any]) -> str:
   return path
 
 
-def write_targets(docs: str = DOCS, measured: dict[str, Any] | None = None) -> str:
-  """Measures (unless given `measured`) and rewrites `docs`/benchmarks.md and .json."""
-  measured = measured or measure_targets()
+def write_targets(experiment=None, docs: str = DOCS, measured: dict[str, Any] | None = None) -> str:
+  """Measures `experiment` (unless given `measured`) and rewrites `docs`/benchmarks.md and .json."""
+  measured = measured or measure_targets(experiment)
   old = _read(os.path.join(docs, TARGETS_DOC))
   return _write(docs, TARGETS_DOC, compose(render_targets(measured), old), measured)
 
@@ -430,7 +432,7 @@ def write_all_types(docs: str = DOCS, measured: dict[str, Any] | None = None) ->
   """Measures (unless given `measured`) and rewrites `docs`/benchmarks_all_types.md, .json and
   the plots."""
   measured = measured or measure_all_types()
-  benchmark.plot(
+  attention_cost.plot(
     measured["sweep"], os.path.join(docs, "benchmark"), title="fwd+bwd, B=1 H=8 D=64, float32"
   )
   return _write(docs, ALL_TYPES_DOC, render_all_types(measured), measured)

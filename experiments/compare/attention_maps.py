@@ -20,7 +20,7 @@ import numpy as np
 
 import input_pipeline
 import models
-from experiments import checkpoints, optim, sharding, train
+from experiments.run import checkpoints, optim, sharding, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

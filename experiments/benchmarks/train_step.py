@@ -1,10 +1,10 @@
 """Train-step benchmark: a Transformer language model through the real jitted train step.
 
-    python -m experiments.benchmark --train [--train_batch=8] [--dtype=bfloat16] [--profile]
+    python -m experiments.benchmarks --train [--train_batch=8] [--dtype=bfloat16] [--profile]
 
 The model: d=512, 8 heads, 6 layers, MLP 2048, T=512 (`SETTINGS`), the `decoder_lm` family when
 it is registered, else the `transformer` encoder-decoder with source length = target length = T
-(the result names the one used). Steps run through `experiments.train`'s jitted train step
+(the result names the one used). Steps run through `experiments.run.train`'s jitted train step
 (AdamW, gradient clipping) on random tokens; the median of `steps` timed steps after `warmup`.
 
 Model FLOP utilisation (MFU) = model FLOP/s over the device's measured matmul rate. Model FLOPs
@@ -14,19 +14,20 @@ halved for causality). N leaves out an input embedding table that is only looked
 when the logits reuse it). `profile=True` adds where the step's time goes (op categories).
 """
 
+import copy
 import statistics
 import time
 from typing import Any
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
 import models
-from configs import default
-from experiments import optim, sharding, train
-from experiments.device_info import machine, matmul_rate
+from experiments.run import optim, sharding, train
+from experiments.run.device_info import machine, matmul_rate
 from input_pipeline.base import TaskInfo
 
 SETTINGS = {"emb_dim": 512, "num_heads": 8, "layers": 6, "mlp_dim": 2048, "length": 512}
@@ -37,8 +38,9 @@ def family() -> str:
   return "decoder_lm" if "decoder_lm" in models.REGISTRY else "transformer"
 
 
-def model_config(name: str, batch: int, dtype: str, settings: dict[str, int]):
-  config = default.get_config()
+def model_config(experiment, name: str, batch: int, dtype: str, settings: dict[str, int]):
+  """The experiment's config (optimizer, mesh) with the benchmark's model and batch."""
+  config = copy.deepcopy(experiment)
   layers = settings["layers"]
   config.model.update(
     name=name, emb_dim=settings["emb_dim"], qkv_dim=settings["emb_dim"],
@@ -84,6 +86,7 @@ def _batches(name: str, batch: int, t: int, vocab: int, count: int) -> list[dict
 
 
 def run(
+  experiment: ml_collections.ConfigDict,
   batch: int = 8,
   vocab: int = 8192,
   dtype: str = "float32",
@@ -93,10 +96,11 @@ def run(
   settings: dict[str, int] | None = None,
   name: str | None = None,
 ) -> dict[str, Any]:
-  """Times `steps` train steps after `warmup` steps; returns tokens/s, step time and MFU."""
+  """Times `steps` train steps of `experiment`'s optimizer (the model and batch replaced by the
+  benchmark's) after `warmup` steps; returns tokens/s, step time and MFU."""
   settings = settings or SETTINGS
   name = name or family()
-  config = model_config(name, batch, dtype, settings)
+  config = model_config(experiment, name, batch, dtype, settings)
   t = settings["length"]
   kind = "lm" if name == "decoder_lm" else "seq2seq"
   info = TaskInfo(kind=kind, vocab_size=vocab, max_input_length=t, max_target_length=t)
@@ -119,7 +123,7 @@ def run(
         times.append(time.perf_counter() - start)
     where = None
     if profile:
-      from experiments.benchmark import profile_ops
+      from experiments.benchmarks.attention_cost import profile_ops
 
       holder = {"state": state}
 

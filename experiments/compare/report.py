@@ -1,11 +1,11 @@
 """One report comparing the points of a sweep (or any runs in the folders of a directory).
 
-    python -m experiments.report DIR [--baseline=NAME] [--test=t|wilcoxon] [--max_maps=N]
+    python -m experiments.compare.report DIR [--baseline=NAME] [--test=t|wilcoxon] [--max_maps=N]
                                      [--speed=steps_per_sec] [--top=K]
 
 writes DIR/report/: report.md, with the protocol first (seeds, the split that selects, the split
 that reports), then the groups (runs that differ only in seed) compared under equal steps (test
-split), equal training time and equal FLOPs (`experiments.comparison`): mean ± std, 95%
+split), equal training time and equal FLOPs (`experiments.compare.comparison`): mean ± std, 95%
 intervals, paired differences to the baseline with Holm-corrected p-values and a verdict; then
 results.csv (one row per run), curves.png (validation metric by step and by training time, a band
 across seeds), tradeoff.png (test metric against throughput with intervals, marker area = peak
@@ -24,7 +24,8 @@ from typing import Any
 
 from absl import logging
 
-from experiments import attention_maps, comparison, plots, stats, tasks
+from experiments.compare import attention_maps, comparison, plots, stats
+from experiments.run import tasks
 
 # Whether higher or lower is better, per main metric (results.json names it).
 MODES = {f"eval/{name}": mode for name, mode in tasks.MAIN_METRIC.values()} | {"eval/bleu": "max"}
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.exit(2, f"error: {e}\n")
   print_summary(path, args.top)
   if os.path.exists(os.path.join(args.directory, "search.json")):  # a hyperparameter search
-    from experiments import search_report
+    from experiments.compare import search_report
 
     print(f"search report: {search_report.write_report(args.directory)}", flush=True)
 

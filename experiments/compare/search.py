@@ -30,8 +30,8 @@ continues every study to N finished trials; finished trials are never repeated.
 
 With --sweep, each point gets its own study (same N, same budget, same sampler and pruner); then
 each point's best trial is re-run with seeds 0..S-1 (S = max(3, --seeds)) in DIR/tuned/ and
-`experiments.report` compares those tuned points with test numbers. The search report
-(experiments/search_report.py) is written at the end.
+`experiments.compare.report` compares those tuned points with test numbers. The search report
+(experiments/compare/search_report.py) is written at the end.
 """
 
 import dataclasses
@@ -54,7 +54,8 @@ import numpy as np
 import optuna
 from absl import logging
 
-from experiments import preemption, report, sweep, train, validate
+from experiments.compare import report, sweep
+from experiments.run import preemption, train, validate
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("none", "median", "asha", "hyperband")
@@ -657,7 +658,7 @@ def run(
     )
   if options.sweep:
     run_tuned(config, workdir, space, studies, opened, options.seeds)
-  from experiments import search_report
+  from experiments.compare import search_report
 
   print(f"search report: {search_report.write_report(workdir)}", flush=True)
   return counts

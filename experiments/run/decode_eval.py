@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from experiments import sharding
+from experiments.run import sharding
 from input_pipeline.translation import bleu
 from models import decoding
 

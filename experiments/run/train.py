@@ -2,9 +2,9 @@
 
     train_and_evaluate(config, workdir) -> results (also written to workdir/results.json)
 
-Data (`input_pipeline`), model (`models`), loss (`experiments.tasks`) and optimizer
-(`experiments.optim`) are chosen by name from the config; the loop is the same for all. The state
-is sharded over a ('data', 'fsdp', 'tensor') mesh by the logical axis names of its parameters;
+Data (`input_pipeline`), model (`models`), loss (`experiments.run.tasks`) and optimizer
+(`experiments.run.optim`) are chosen by name from the config; the loop is the same for all. The
+state is sharded over a ('data', 'fsdp', 'tensor') mesh by the logical axis names of its parameters;
 batches are split over ('data', 'fsdp'). A run resumes from the newest checkpoint in `workdir`,
 at the very batch it would have read next.
 
@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 import models
-from experiments import (
+from experiments.run import (
   checkpoints,
   decode_eval,
   flops,
@@ -288,7 +288,7 @@ def peak_memory_bytes(step: Step) -> int:
 
 def flops_per_step(step: Step) -> float | None:
   """Matrix-product FLOPs of one train step (forward + backward, loops counted per iteration:
-  `experiments.flops`), of its largest batch shape; None where a loop has no static count."""
+  `experiments.run.flops`), of its largest batch shape; None where a loop has no static count."""
   counts = list(step.train.flops.values())
   return None if not counts or None in counts else max(counts)
 
