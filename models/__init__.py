@@ -14,6 +14,13 @@ A family is a `flax.linen.Module` class with a `config` field, registered with `
 * `validate(cfg, info)` (classmethod): family-specific checks, raising a one-line ValueError;
 * `supports_packing` (class attribute): whether it reads packed batches' segment ids;
 * `__call__(batch, train: bool) -> logits` (`[B, T, V]` for seq2seq/lm, `[B, C]` otherwise).
+* `decoding_step(variables, batch, max_len, times)` (sequence families, `nn.nowrap`):
+  -> (initial state, step) for the family-agnostic searches of `models/decoding.py`.
+
+Layout: one module per family (`transformer.py`, `rnn.py`, `classifier.py`, `lm.py`), each with
+its own config dataclass; the Transformer stack shared by four of them in `transformer_blocks.py`;
+small shared blocks (embeddings, positions, MLP, norm, residual, masks) in `layers.py`; attention
+types in `attention/`; the searches in `decoding.py`.
 
 `info` is duck-typed: `kind`, `vocab_size`, `target_vocab_size`, `num_classes`,
 `max_input_length`, `max_target_length`, `eos_id` (models never import `input_pipeline`).

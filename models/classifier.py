@@ -11,18 +11,45 @@
 `max` over the valid tokens. The head is Dense(`classifier_dim`)-ReLU-Dropout-Dense(C).
 """
 
+import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from models import register
-from models.layers import Encoder, TransformerConfig, embed_module
+from models.layers import config_from, embed_module
 from models.rnn import CELLS, RNNEncoder
-from models.transformer import transformer_config, validate_transformer
+from models.transformer_blocks import Encoder, StackConfig, validate_stack
 
 POOLINGS = ("cls", "mean", "max")
 ENCODERS = ("transformer", "rnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(StackConfig):
+  """`encoder_classifier` / `dual_encoder`: the Transformer stack's fields (`encoder=transformer`)
+  or the RNN encoder's (`encoder=rnn`), and the pooling and head."""
+
+  vocab_size: int = 32
+  num_classes: int = 2
+  num_encoder_layers: int = 2
+  pooling: str = "cls"  # cls | mean | max
+  classifier_dim: int = 0  # hidden width of the classifier MLP (0: = emb_dim)
+  encoder: str = "transformer"  # transformer | rnn
+  cell: str = "lstm"  # rnn encoder: simple | lstm | gru
+  num_layers: int = 1  # rnn encoder layers
+  hidden_dim: int = 0  # rnn encoder width; 0: = emb_dim
+  bidirectional: bool = True  # rnn encoder
+
+
+def classifier_config(model_config: Any, info: Any) -> ClassifierConfig:
+  return config_from(
+    ClassifierConfig,
+    model_config,
+    vocab_size=info.vocab_size,
+    num_classes=getattr(info, "num_classes", None),
+  )
 
 
 def pool(x: jnp.ndarray, valid: jnp.ndarray, how: str) -> jnp.ndarray:
@@ -38,7 +65,7 @@ def pool(x: jnp.ndarray, valid: jnp.ndarray, how: str) -> jnp.ndarray:
 class SequenceEncoder(nn.Module):
   """Token ids `[B, S]` -> one vector per sequence `[B, D]` (Transformer or RNN, pooled)."""
 
-  config: TransformerConfig
+  config: ClassifierConfig
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -61,18 +88,20 @@ class SequenceEncoder(nn.Module):
     if cfg.pooling == "cls":  # id vocab_size is the [CLS] token (one extra embedding row)
       cls_ids = jnp.full((inputs.shape[0], 1), cfg.vocab_size, jnp.int32)
       tokens = jnp.concatenate([cls_ids, inputs], axis=1)
-      x = Encoder(cfg.replace(vocab_size=cfg.vocab_size + 1), name="encoder")(
+      x = Encoder(cfg, cfg.vocab_size + 1, cfg.num_encoder_layers, name="encoder")(
         tokens, deterministic=deterministic
       )
       return x[:, 0]
-    x = Encoder(cfg, name="encoder")(inputs, deterministic=deterministic)
+    x = Encoder(cfg, cfg.vocab_size, cfg.num_encoder_layers, name="encoder")(
+      inputs, deterministic=deterministic
+    )
     return pool(x, valid, cfg.pooling)
 
 
 class ClassifierHead(nn.Module):
   """`[B, F]` -> logits `[B, num_classes]`: Dense-ReLU-Dropout-Dense."""
 
-  config: TransformerConfig
+  config: ClassifierConfig
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -94,7 +123,7 @@ class ClassifierHead(nn.Module):
     )(z).astype(jnp.float32)
 
 
-def validate_classifier(cfg: TransformerConfig, info: Any) -> None:
+def validate_classifier(cfg: ClassifierConfig, info: Any) -> None:
   if not getattr(info, "num_classes", None):
     raise ValueError(f"task kind {info.kind!r} gives no num_classes: a classifier needs them")
   if cfg.pooling not in POOLINGS:
@@ -107,7 +136,7 @@ def validate_classifier(cfg: TransformerConfig, info: Any) -> None:
     return
   extra = 1 if cfg.pooling == "cls" else 0  # the [CLS] token takes a position
   longest = (getattr(info, "max_input_length", None) or 0) + extra
-  validate_transformer(cfg, ("self",), (longest,))
+  validate_stack(cfg, ("self",), (longest,))
 
 
 @register("encoder_classifier")
@@ -116,15 +145,15 @@ class EncoderClassifier(nn.Module):
 
   task_kinds: ClassVar[tuple[str, ...]] = ("classification",)
   supports_packing: ClassVar[bool] = False
-  config_class: ClassVar[type] = TransformerConfig
-  config: TransformerConfig
+  config_class: ClassVar[type] = ClassifierConfig
+  config: ClassifierConfig
 
   @classmethod
-  def make_config(cls, model_config: Any, info: Any) -> TransformerConfig:
-    return transformer_config(model_config, info)
+  def make_config(cls, model_config: Any, info: Any) -> ClassifierConfig:
+    return classifier_config(model_config, info)
 
   @classmethod
-  def validate(cls, cfg: TransformerConfig, info: Any) -> None:
+  def validate(cls, cfg: ClassifierConfig, info: Any) -> None:
     validate_classifier(cfg, info)
 
   @nn.compact
@@ -139,15 +168,15 @@ class DualEncoder(nn.Module):
 
   task_kinds: ClassVar[tuple[str, ...]] = ("retrieval",)
   supports_packing: ClassVar[bool] = False
-  config_class: ClassVar[type] = TransformerConfig
-  config: TransformerConfig
+  config_class: ClassVar[type] = ClassifierConfig
+  config: ClassifierConfig
 
   @classmethod
-  def make_config(cls, model_config: Any, info: Any) -> TransformerConfig:
-    return transformer_config(model_config, info)
+  def make_config(cls, model_config: Any, info: Any) -> ClassifierConfig:
+    return classifier_config(model_config, info)
 
   @classmethod
-  def validate(cls, cfg: TransformerConfig, info: Any) -> None:
+  def validate(cls, cfg: ClassifierConfig, info: Any) -> None:
     validate_classifier(cfg, info)
 
   @nn.compact

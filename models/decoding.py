@@ -12,14 +12,15 @@ Outputs are target-format sequences: the decoded tokens, the EOS, then 0 (paddin
 Every decoder is driven through one step function `step(state, tokens [N]) -> (logits [N, V],
 state)` whose state leaves have the batch (× beams) as leading axis (scalars are shared), so
 the search code is written once (`greedy_search`, `beam_search_fn`, `sample_fn` take any step
-function; the tests drive them with hand-built ones). `step_function(model, ...)` builds it:
+function; the tests drive them with hand-built ones). Each family owns its step:
+`model.decoding_step(variables, batch, max_len, times) -> (initial state, step)` (the
+`tokens_to_logits` callback of flax's examples), and `step_function` only asks for it:
 
-* `transformer` / `decoder_lm` with a cacheable attention type (a `decode` field, e.g.
-  `scaled_dot`): one position per call with key/value caches in the `cache` collection (flax
-  style: the cache is initialised with the full-length target, then one position per call);
-* other attention types: the whole prefix is re-run each step (O(L²) but exact, since the
-  decoder is causal);
-* `rnn_seq2seq`: `RNNSeq2Seq.decode_step` (RNN carry and `attention_state`).
+* `transformer` / `decoder_lm` (`transformer_blocks.stack_decoding`): with a cacheable attention
+  type (a `decode` field, e.g. `scaled_dot`) one position per call with key/value caches in the
+  `cache` collection; other types re-run the whole prefix each step;
+* `rnn_seq2seq`: the encoder once, then `RNNSeq2Seq.decode_step` (RNN carry and
+  `attention_state`).
 
 The first step (BOS in) runs before the loop, so states that only take their final structure
 after one step (the `attention_state` collection) are carried with a fixed structure.
@@ -38,8 +39,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from models.layers import has_decode_cache
 
 StepFn = Callable[[Any, jnp.ndarray], tuple[jnp.ndarray, Any]]
 NEG_INF = -1.0e7  # large but finite, so arithmetic on "impossible" scores stays NaN-free
@@ -70,62 +69,13 @@ def step_function(
 ) -> tuple[Any, StepFn]:
   """-> (initial state, step) for decoding `max_len` tokens of `batch` rows repeated `times`.
 
-  Seq2seq models read `batch['inputs']`; `decoder_lm` decodes from BOS (prompts: see `sample`).
+  The family owns its step: `model.decoding_step(variables, batch, max_len, times)`. Seq2seq
+  families read `batch['inputs']`; `decoder_lm` decodes from BOS (prompts: see `sample`).
   """
-  from models.lm import DecoderLM
-  from models.rnn import RNNSeq2Seq
-  from models.transformer import Transformer
-
-  params = {"params": variables["params"]}
-  if isinstance(model, RNNSeq2Seq):
-    inputs = batch["inputs"]
-    memory = model.apply(params, inputs, method=RNNSeq2Seq.encode)
-    memory = expand(memory, inputs.shape[0], times)
-
-    def rnn_step(state, tokens):
-      return model.apply(params, memory, state, tokens, method=RNNSeq2Seq.decode_step)
-
-    return None, rnn_step
-
-  if isinstance(model, Transformer):
-    inputs = batch["inputs"]
-    encoded = model.apply(params, inputs, method=Transformer.encode)
-    encoded, inputs = expand((encoded, inputs), inputs.shape[0], times)
-    context = (encoded, inputs)
-    method = Transformer.decode
-    n = inputs.shape[0]
-  elif isinstance(model, DecoderLM):
-    context = ()
-    method = DecoderLM.decode
-    n = next(iter(batch.values())).shape[0] * times
-  else:
+  decoding_step = getattr(model, "decoding_step", None)
+  if decoding_step is None:
     raise ValueError(f"no step-wise decoding for model {_family(model)!r}")
-  cfg = model.config
-  if cfg.position in ("sinusoidal", "learned") and max_len > cfg.max_len:
-    raise ValueError(f"decoding max_len={max_len} exceeds the model's max_len={cfg.max_len}")
-
-  if has_decode_cache(model.config.attention_class()):
-    decoder = model.clone(config=model.config.replace(decode=True))
-    cache = decoder.init(
-      jax.random.key(0), *context, jnp.ones((n, max_len), jnp.int32), method=method
-    )["cache"]
-
-    def cached_step(cache, tokens):
-      logits, mutated = decoder.apply(
-        {**params, "cache": cache}, *context, tokens[:, None], method=method, mutable=["cache"]
-      )
-      return logits[:, 0], mutated["cache"]
-
-    return cache, cached_step
-
-  # No cache: keep the outputs so far (1 = any non-padding id, hidden by causality) and re-run.
-  def prefix_step(state, tokens):
-    buffer, t = state
-    buffer = jnp.where(t > 0, buffer.at[:, jnp.maximum(t - 1, 0)].set(tokens), buffer)
-    logits = model.apply(params, *context, buffer, method=method)
-    return jnp.take(logits, t, axis=1), (buffer, t + 1)
-
-  return (jnp.ones((n, max_len), jnp.int32), jnp.array(0, jnp.int32)), prefix_step
+  return decoding_step(variables, batch, max_len, times)
 
 
 # ----------------------------------------------------------------------------------- greedy

@@ -1,9 +1,7 @@
-"""Blocks shared by every model family: embeddings, positions (incl. rotary), MLP, layer stacks.
+"""Blocks shared by the model families: configs, masks, embeddings, positions, MLP, norm, residual.
 
-The Transformer pieces follow flax `examples/wmt`: a frozen `TransformerConfig` replaces kwarg
-plumbing (`cfg.replace(decode=True)` for cached decoding), encoder and decoder stacks are built
-from `EncoderBlock` / `DecoderBlock`, pre- or post-layer-norm (`norm`), and every parameter carries
-logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `length`).
+Small pieces only; a family's stack lives with the family (`transformer_blocks.py` for the
+Transformer encoder and decoder shared by four families, `rnn.py` for the recurrent ones).
 
 Attention is chosen by name (`models.attention.build`); what a type can do is read from its class
 flags (`supports_causal`, `supports_cross`, `dense_mask`), and `attention_masks` gives each role the
@@ -18,7 +16,6 @@ called inside it; a type that does not project through that helper is rejected w
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -32,8 +29,6 @@ from models.attention import masks
 from models.attention.base import Attention
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-POSITIONS = ("sinusoidal", "learned", "rotary", "none")
-NORMS = ("pre", "post")
 
 
 def dtype_of(name: str) -> Any:
@@ -56,71 +51,6 @@ def freeze_mapping(m: Mapping[str, Any] | tuple | None) -> tuple[tuple[str, Any]
   return tuple(out)
 
 
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  """Everything a Transformer stack needs (flax wmt style); built by `from_model_config`."""
-
-  vocab_size: int = 32
-  output_vocab_size: int = 32
-  num_classes: int = 2
-  share_embeddings: bool = True
-  logits_via_embedding: bool = False
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  emb_dim: int = 64
-  num_heads: int = 4
-  num_encoder_layers: int = 2
-  num_decoder_layers: int = 2
-  qkv_dim: int = 64
-  mlp_dim: int = 128
-  max_len: int = 64
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  position: str = "sinusoidal"  # sinusoidal | learned | rotary | none
-  rotary_base: float = 10000.0
-  norm: str = "pre"  # pre | post
-  attention: tuple[tuple[str, Any], ...] = (("name", "scaled_dot"),)
-  # Encoder-decoder cross attention: another registered type (with the fields of `attention`
-  # that it has), e.g. dense cross attention under sparse self-attention; "": as `attention`.
-  cross_attention: str = ""
-  decode: bool = False  # decoder: one position per call, keys/values in the `cache` collection
-  # Classification / retrieval heads (ignored by the sequence models).
-  pooling: str = "cls"  # cls | mean | max
-  classifier_dim: int = 0  # hidden width of the classifier MLP (0: = emb_dim)
-  encoder: str = "transformer"  # transformer | rnn (classification / retrieval only)
-  cell: str = "lstm"  # rnn encoder: simple | lstm | gru
-  num_layers: int = 1  # rnn encoder layers
-  hidden_dim: int = 0  # rnn encoder width; 0: = emb_dim
-  bidirectional: bool = True  # rnn encoder
-
-  def replace(self, **kw: Any) -> "TransformerConfig":
-    return dataclasses.replace(self, **kw)
-
-  @property
-  def compute_dtype(self) -> Any:
-    return dtype_of(self.dtype)
-
-  @property
-  def head_dim(self) -> int:
-    return self.qkv_dim // self.num_heads
-
-  def attention_fields(self, cross: bool = False) -> dict[str, Any]:
-    """`{"name": ..., **fields}` of the self-attention, or of the cross attention."""
-    fields = dict(self.attention)
-    return {**fields, "name": self.cross_attention} if cross and self.cross_attention else fields
-
-  def attention_class(self, cross: bool = False) -> type[Attention]:
-    return attention_lib.get(self.attention_fields(cross)["name"])
-
-  def make_attention(self, cross: bool = False) -> Callable[..., Attention]:
-    make = attention_lib.build(self.attention_fields(cross))
-    if self.decode and not cross:
-      cls = self.attention_class()
-      if "decode" not in {f.name for f in dataclasses.fields(cls)}:
-        raise ValueError(f"attention {cls.registry_name!r} has no decode cache")
-      return functools.partial(make, decode=True)
-    return make
-
-
 def config_from(cls: type, model_config: Mapping[str, Any], **task_fields: Any) -> Any:
   """A frozen config dataclass from `config.model` (fields the class lacks are ignored) + task."""
   names = {f.name for f in dataclasses.fields(cls)}
@@ -131,8 +61,13 @@ def config_from(cls: type, model_config: Mapping[str, Any], **task_fields: Any) 
   return cls(**kw)
 
 
-def has_decode_cache(attention_cls: type[Attention]) -> bool:
-  return "decode" in {f.name for f in dataclasses.fields(attention_cls)}
+def check_attention_roles(cls: type[Attention], roles: tuple[str, ...]) -> None:
+  """Raise if an attention class cannot play every role ('causal': decoder, 'cross': enc-dec)."""
+  name = getattr(cls, "registry_name", cls.__name__)
+  if "causal" in roles and not cls.supports_causal:
+    raise ValueError(f"attention {name!r} does not support causal masking: unfit for a decoder")
+  if "cross" in roles and not cls.supports_cross:
+    raise ValueError(f"attention {name!r} does not support cross attention: unfit for enc-dec")
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -168,6 +103,11 @@ def shift_right(x: jnp.ndarray, segmentation: jnp.ndarray | None = None) -> jnp.
     same = segmentation == jnp.pad(segmentation, ((0, 0), (1, 0)))[:, :-1]
     shifted = jnp.where(same, shifted, 0)
   return shifted
+
+
+def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
+  """`[B, T]` -> positions 0..T-1 per row."""
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -329,201 +269,19 @@ def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
 
 
 def residual(
-  cfg: "TransformerConfig",
+  norm: str,
+  dropout_rate: float,
+  dtype: Any,
   f: Callable[[jnp.ndarray], jnp.ndarray],
   x: jnp.ndarray,
   deterministic: bool,
   norm_name: str,
 ) -> jnp.ndarray:
-  """`x + Dropout(f(LN(x)))` (pre) or `LN(x + Dropout(f(x)))` (post), `[B, T, D]`.
+  """`x + Dropout(f(LN(x)))` (`norm='pre'`) or `LN(x + Dropout(f(x)))` (`'post'`), `[B, T, D]`.
 
   Called inside a compact method: the layer norm becomes a child named `norm_name`.
   """
-  ln = layer_norm(cfg.compute_dtype, norm_name)
-  y = f(ln(x)) if cfg.norm == "pre" else f(x)
-  y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=deterministic)
-  return x + y if cfg.norm == "pre" else ln(x + y)
-
-
-def make_attention(
-  cfg: TransformerConfig, causal: bool, name: str, cross: bool = False
-) -> Attention:
-  return cfg.make_attention(cross)(
-    num_heads=cfg.num_heads,
-    qkv_features=cfg.qkv_dim,
-    out_features=cfg.emb_dim,
-    causal=causal,
-    dropout_rate=cfg.attention_dropout_rate,
-    dtype=cfg.compute_dtype,
-    param_dtype=jnp.float32,
-    name=name,
-  )
-
-
-class EncoderBlock(nn.Module):
-  """Self-attention + MLP, each in a residual: `[B, S, D] -> [B, S, D]`."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x, mask=None, rotary_pos=None, deterministic: bool = True):
-    cfg = self.config
-    attn = make_attention(cfg, causal=False, name="self_attention")
-    x = residual(
-      cfg,
-      lambda h: self_attention(attn, h, mask, rotary_pos, deterministic, cfg.rotary_base),
-      x,
-      deterministic,
-      "ln_attention",
-    )
-    mlp = MlpBlock(cfg.mlp_dim, cfg.dropout_rate, cfg.compute_dtype, name="mlp")
-    return residual(cfg, lambda h: mlp(h, deterministic), x, deterministic, "ln_mlp")
-
-
-class DecoderBlock(nn.Module):
-  """Causal self-attention, cross-attention (if `encoded` given), MLP: `[B, T, D] -> [B, T, D]`."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(
-    self,
-    y,
-    encoded=None,
-    self_mask=None,
-    cross_mask=None,
-    rotary_pos=None,
-    deterministic: bool = True,
-  ):
-    cfg = self.config
-    attn = make_attention(cfg, causal=True, name="self_attention")
-    y = residual(
-      cfg,
-      lambda h: self_attention(attn, h, self_mask, rotary_pos, deterministic, cfg.rotary_base),
-      y,
-      deterministic,
-      "ln_attention",
-    )
-    if encoded is not None:
-      cross = make_attention(cfg, causal=False, name="cross_attention", cross=True)
-      y = residual(
-        cfg,
-        lambda h: cross(h, encoded, mask=cross_mask, deterministic=deterministic),
-        y,
-        deterministic,
-        "ln_cross",
-      )
-    mlp = MlpBlock(cfg.mlp_dim, cfg.dropout_rate, cfg.compute_dtype, name="mlp")
-    return residual(cfg, lambda h: mlp(h, deterministic), y, deterministic, "ln_mlp")
-
-
-def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
-  return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-
-
-class Encoder(nn.Module):
-  """Token ids `[B, S]` -> encodings `[B, S, D]` (embedding, positions, blocks, final LN)."""
-
-  config: TransformerConfig
-  shared_embedding: nn.Module | None = None
-
-  @nn.compact
-  def __call__(
-    self,
-    inputs: jnp.ndarray,
-    positions: jnp.ndarray | None = None,
-    segmentation: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    cfg = self.config
-    emb = self.shared_embedding or embed_module(cfg.vocab_size, cfg.emb_dim, "input_embedding")
-    positions = default_positions(inputs) if positions is None else positions
-    valid = inputs > 0 if segmentation is None else segmentation > 0
-    mask = attention_masks(cfg.attention_class(), valid, valid, segmentation, segmentation)
-    x = emb(inputs.astype(jnp.int32)).astype(cfg.compute_dtype)
-    x = AddPositionEmbs(cfg.position, cfg.max_len, name="posembed_input")(x, positions)
-    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
-    rotary = positions if cfg.position == "rotary" else None
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderBlock(cfg, name=f"encoderblock_{i}")(x, mask, rotary, deterministic)
-    if cfg.norm == "pre":
-      x = layer_norm(cfg.compute_dtype, "encoder_norm")(x)
-    return x
-
-
-class Decoder(nn.Module):
-  """Targets `[B, T]` (unshifted) -> logits `[B, T, V]`; cross-attends when `encoded` is given.
-
-  With `config.decode` it takes one position `[B, 1]` per call (already the previous token: no
-  shift), keeping the position counter and attention key/value caches in the `cache` collection.
-  """
-
-  config: TransformerConfig
-  shared_embedding: nn.Module | None = None
-
-  @nn.compact
-  def __call__(
-    self,
-    targets: jnp.ndarray,
-    encoded: jnp.ndarray | None = None,
-    encoder_valid: jnp.ndarray | None = None,
-    positions: jnp.ndarray | None = None,
-    segmentation: jnp.ndarray | None = None,
-    encoder_segmentation: jnp.ndarray | None = None,
-    deterministic: bool = True,
-  ) -> jnp.ndarray:
-    cfg = self.config
-    attn_cls = cfg.attention_class()
-    emb = self.shared_embedding or embed_module(
-      cfg.output_vocab_size, cfg.emb_dim, "output_embedding"
-    )
-    targets = targets.astype(jnp.int32)
-    if cfg.decode:
-      first = not self.has_variable("cache", "position_index")
-      index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
-      if first:
-        positions = default_positions(targets)
-      else:
-        positions = jnp.broadcast_to(index.value, targets.shape)
-        index.value = index.value + targets.shape[1]
-      y_in, self_mask = targets, None
-    else:
-      positions = default_positions(targets) if positions is None else positions
-      y_in = shift_right(targets, segmentation)
-      valid = targets > 0 if segmentation is None else segmentation > 0
-      self_mask = attention_masks(attn_cls, valid, valid, segmentation, segmentation)
-    cross_mask = None
-    if encoded is not None:
-      cross_cls = cfg.attention_class(cross=True)
-      if not cross_cls.supports_cross:
-        raise ValueError(f"attention {cross_cls.registry_name!r} cannot cross-attend")
-      q_valid = jnp.ones(targets.shape, bool) if cfg.decode else targets > 0
-      if segmentation is not None:
-        q_valid = segmentation > 0
-      kv_valid = encoder_valid if encoder_valid is not None else jnp.ones(encoded.shape[:2], bool)
-      cross_mask = attention_masks(
-        cross_cls, q_valid, kv_valid, None if cfg.decode else segmentation, encoder_segmentation
-      )
-    y = emb(y_in).astype(cfg.compute_dtype)
-    y = AddPositionEmbs(cfg.position, cfg.max_len, name="posembed_output")(y, positions)
-    y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=deterministic)
-    rotary = positions if cfg.position == "rotary" else None
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderBlock(cfg, name=f"decoderblock_{i}")(
-        y, encoded, self_mask, cross_mask, rotary, deterministic
-      )
-    if cfg.norm == "pre":
-      y = layer_norm(cfg.compute_dtype, "decoder_norm")(y)
-    if cfg.logits_via_embedding:
-      logits = emb.attend(y.astype(jnp.float32)) / jnp.sqrt(y.shape[-1])
-    else:
-      logits = nn.Dense(
-        cfg.output_vocab_size,
-        dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-          nn.initializers.xavier_uniform(), ("embed", "vocab")
-        ),
-        bias_init=nn.with_logical_partitioning(nn.initializers.normal(1e-6), ("vocab",)),
-        name="logits_dense",
-      )(y)
-    return logits[..., : cfg.output_vocab_size].astype(jnp.float32)
+  ln = layer_norm(dtype, norm_name)
+  y = f(ln(x)) if norm == "pre" else f(x)
+  y = nn.Dropout(rate=dropout_rate)(y, deterministic=deterministic)
+  return x + y if norm == "pre" else ln(x + y)

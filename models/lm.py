@@ -9,14 +9,31 @@ It reuses the Transformer `Decoder` (causal self-attention, no cross-attention; 
 token per call (see `models/decoding.py`).
 """
 
+import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from models import register
-from models.layers import Decoder, TransformerConfig
-from models.transformer import task_lengths, transformer_config, validate_transformer
+from models.decoding import StepFn
+from models.layers import config_from
+from models.transformer_blocks import (
+  Decoder,
+  StackConfig,
+  stack_decoding,
+  task_lengths,
+  validate_stack,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig(StackConfig):
+  """`decoder_lm`: the stack's fields, the vocabulary and the depth."""
+
+  vocab_size: int = 32
+  num_decoder_layers: int = 2
+  logits_via_embedding: bool = False
 
 
 @register("decoder_lm")
@@ -25,20 +42,20 @@ class DecoderLM(nn.Module):
 
   task_kinds: ClassVar[tuple[str, ...]] = ("lm",)
   supports_packing: ClassVar[bool] = True
-  config_class: ClassVar[type] = TransformerConfig
-  config: TransformerConfig
+  config_class: ClassVar[type] = LMConfig
+  config: LMConfig
 
   @classmethod
-  def make_config(cls, model_config: Any, info: Any) -> TransformerConfig:
-    cfg = transformer_config(model_config, info)
-    return cfg.replace(output_vocab_size=cfg.vocab_size, share_embeddings=False)
+  def make_config(cls, model_config: Any, info: Any) -> LMConfig:
+    return config_from(LMConfig, model_config, vocab_size=info.vocab_size)
 
   @classmethod
-  def validate(cls, cfg: TransformerConfig, info: Any) -> None:
-    validate_transformer(cfg, ("self", "causal"), task_lengths(info))
+  def validate(cls, cfg: LMConfig, info: Any) -> None:
+    validate_stack(cfg, ("self", "causal"), task_lengths(info))
 
   def setup(self):
-    self.decoder = Decoder(self.config)
+    cfg = self.config
+    self.decoder = Decoder(cfg, cfg.vocab_size, cfg.num_decoder_layers, cfg.logits_via_embedding)
 
   def decode(
     self,
@@ -56,3 +73,13 @@ class DecoderLM(nn.Module):
     return self.decode(
       batch["inputs"], batch.get("inputs_position"), batch.get("inputs_segmentation"), train
     )
+
+  @nn.nowrap
+  def decoding_step(
+    self, variables: Any, batch: dict[str, jnp.ndarray], max_len: int, times: int = 1
+  ) -> tuple[Any, StepFn]:
+    """(initial state, step) decoding from BOS for the rows of `batch` repeated `times` (the
+    prompt, if any, is forced by the search: see `decoding.sample`)."""
+    n = next(iter(batch.values())).shape[0] * times
+    params = {"params": variables["params"]}
+    return stack_decoding(self, params, (), DecoderLM.decode, n, max_len)

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from models import attention as attention_lib
 from models import register
 from models.attention import masks
-from models.layers import config_from, dtype_of, embed_module, shift_right
-from models.transformer import check_attention_roles
+from models.decoding import StepFn, expand
+from models.layers import check_attention_roles, config_from, dtype_of, embed_module, shift_right
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 PLACEMENTS = ("bahdanau", "luong", "none")
@@ -360,6 +360,23 @@ class RNNSeq2Seq(nn.Module):
       state = {"carry": memory["carry"], "attention_state": {}}
     state, out, _ = self._cell_step(params, state, emb, memory, None, True, False)
     return self.decode_logits(out), state
+
+  @nn.nowrap
+  def decoding_step(
+    self, variables: Any, batch: dict[str, jnp.ndarray], max_len: int, times: int = 1
+  ) -> tuple[Any, StepFn]:
+    """(initial state, step) decoding `batch['inputs']` rows repeated `times` (see decoding.py):
+    the encoder runs once, then `decode_step` per token (RNN carry and `attention_state`)."""
+    del max_len  # the recurrence has no length limit
+    params = {"params": variables["params"]}
+    inputs = batch["inputs"]
+    memory = self.apply(params, inputs, method=RNNSeq2Seq.encode)
+    memory = expand(memory, inputs.shape[0], times)
+
+    def step(state, tokens):
+      return self.apply(params, memory, state, tokens, method=RNNSeq2Seq.decode_step)
+
+    return None, step
 
   def __call__(self, batch: dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:
     packed = [k for k in PACKING_KEYS if k in batch]

@@ -12,86 +12,38 @@ the full-length target (`model.init(..., method=Transformer.decode)`), then feed
 call (the previous token; see `models/decoding.py`).
 """
 
+import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from models import register
-from models.layers import (
-  NORMS,
-  POSITIONS,
+from models.decoding import StepFn, expand
+from models.layers import config_from, embed_module
+from models.transformer_blocks import (
   Decoder,
   Encoder,
-  TransformerConfig,
-  config_from,
-  embed_module,
-  rotary_supported,
+  StackConfig,
+  stack_decoding,
+  task_lengths,
+  validate_stack,
 )
 
 
-def transformer_config(model_config: Any, info: Any, **extra: Any) -> TransformerConfig:
-  """`config.model` + task info -> `TransformerConfig` (shared by every Transformer family)."""
-  vocab = info.vocab_size
-  return config_from(
-    TransformerConfig,
-    model_config,
-    vocab_size=vocab,
-    output_vocab_size=getattr(info, "target_vocab_size", None) or vocab,
-    num_classes=getattr(info, "num_classes", None),
-    **extra,
-  )
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(StackConfig):
+  """`transformer`: the stack's fields and the encoder-decoder's own."""
 
-
-def task_lengths(info: Any) -> tuple[int, ...]:
-  """The sequence lengths a task feeds a model (inputs, targets), those it declares."""
-  names = ("max_input_length", "max_target_length")
-  return tuple(n for n in (getattr(info, a, None) for a in names) if n)
-
-
-def validate_transformer(
-  cfg: TransformerConfig, roles: tuple[str, ...], lengths: tuple[int, ...]
-) -> None:
-  """Shared checks; `roles` among 'self', 'causal', 'cross' (what the attention must do),
-  `lengths` the sequence lengths the positions must cover."""
-  if cfg.emb_dim % cfg.num_heads or cfg.qkv_dim % cfg.num_heads:
-    raise ValueError(
-      f"num_heads={cfg.num_heads} must divide emb_dim={cfg.emb_dim} and qkv_dim={cfg.qkv_dim}"
-    )
-  if cfg.position not in POSITIONS:
-    raise ValueError(f"position={cfg.position!r}; valid: {', '.join(POSITIONS)}")
-  if cfg.position == "rotary" and cfg.head_dim % 2:
-    raise ValueError(
-      f"position='rotary' needs an even head dim, got qkv_dim/num_heads={cfg.head_dim}"
-    )
-  if cfg.norm not in NORMS:
-    raise ValueError(f"norm={cfg.norm!r}; valid: {', '.join(NORMS)}")
-  if cfg.position in ("sinusoidal", "learned"):
-    longest = max(lengths, default=0)
-    if longest > cfg.max_len:
-      raise ValueError(
-        f"max_len={cfg.max_len} is shorter than the task's longest sequence {longest}"
-      )
-  check_attention_roles(cfg.attention_class(), tuple(r for r in roles if r != "cross"))
-  if "cross" in roles and not cfg.attention_class(cross=True).supports_cross:
-    raise ValueError(
-      f"attention {cfg.attention_fields(cross=True)['name']!r} does not support cross attention; "
-      "keep it for self-attention with --config.model.cross_attention=scaled_dot (or another type)"
-    )
-  if cfg.position == "rotary" and not rotary_supported(cfg.attention_class(), cfg.attention):
-    raise ValueError(
-      f"position='rotary' needs an attention type projecting queries/keys with "
-      f"Attention.dense_heads; {dict(cfg.attention)['name']!r} does not: use sinusoidal or learned"
-    )
-
-
-def check_attention_roles(cls: Any, roles: tuple[str, ...]) -> None:
-  """Raise if an attention class cannot play every role ('causal': decoder, 'cross': enc-dec)."""
-  name = getattr(cls, "registry_name", cls.__name__)
-  if "causal" in roles and not cls.supports_causal:
-    raise ValueError(f"attention {name!r} does not support causal masking: unfit for a decoder")
-  if "cross" in roles and not cls.supports_cross:
-    raise ValueError(f"attention {name!r} does not support cross attention: unfit for enc-dec")
+  vocab_size: int = 32
+  output_vocab_size: int = 32
+  share_embeddings: bool = True
+  logits_via_embedding: bool = False
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  # Encoder-decoder cross attention: another registered type (with the fields of `attention`
+  # that it has), e.g. dense cross attention under sparse self-attention; "": as `attention`.
+  cross_attention: str = ""
 
 
 @register("transformer")
@@ -105,11 +57,17 @@ class Transformer(nn.Module):
 
   @classmethod
   def make_config(cls, model_config: Any, info: Any) -> TransformerConfig:
-    return transformer_config(model_config, info)
+    vocab = info.vocab_size
+    return config_from(
+      TransformerConfig,
+      model_config,
+      vocab_size=vocab,
+      output_vocab_size=getattr(info, "target_vocab_size", None) or vocab,
+    )
 
   @classmethod
   def validate(cls, cfg: TransformerConfig, info: Any) -> None:
-    validate_transformer(cfg, ("self", "causal", "cross"), task_lengths(info))
+    validate_stack(cfg, ("self", "causal", "cross"), task_lengths(info), cfg.cross_attention)
 
   def setup(self):
     cfg = self.config
@@ -117,8 +75,15 @@ class Transformer(nn.Module):
     if cfg.share_embeddings:
       vocab = max(cfg.vocab_size, cfg.output_vocab_size)
       shared = embed_module(vocab, cfg.emb_dim, "shared_embedding")
-    self.encoder = Encoder(cfg, shared_embedding=shared)
-    self.decoder = Decoder(cfg, shared_embedding=shared)
+    self.encoder = Encoder(cfg, cfg.vocab_size, cfg.num_encoder_layers, shared_embedding=shared)
+    self.decoder = Decoder(
+      cfg,
+      cfg.output_vocab_size,
+      cfg.num_decoder_layers,
+      cfg.logits_via_embedding,
+      cfg.cross_attention,
+      shared_embedding=shared,
+    )
 
   def encode(
     self,
@@ -166,4 +131,18 @@ class Transformer(nn.Module):
       batch.get("inputs_segmentation"),
       batch.get("targets_segmentation"),
       train,
+    )
+
+  @nn.nowrap
+  def decoding_step(
+    self, variables: Any, batch: dict[str, jnp.ndarray], max_len: int, times: int = 1
+  ) -> tuple[Any, StepFn]:
+    """(initial state, step) decoding `batch['inputs']` rows repeated `times` (see decoding.py):
+    the encoder runs once, the decoder one position per step."""
+    params = {"params": variables["params"]}
+    inputs = batch["inputs"]
+    encoded = self.apply(params, inputs, method=Transformer.encode)
+    encoded, inputs = expand((encoded, inputs), inputs.shape[0], times)
+    return stack_decoding(
+      self, params, (encoded, inputs), Transformer.decode, inputs.shape[0], max_len
     )

@@ -11,7 +11,7 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
 * Weights, where a type forms them, are sown as `intermediates/attention_weights` `[B, H, Tq, Tk]`.
 * Recurrent state between decoder steps (e.g. the previous alignment of location-sensitive
   attention) lives in the `attention_state` collection; this is the one mechanism for every
-  stateful type (class flag `stateful`). When the collection is mutable (and the model is not
+  stateful type. When the collection is mutable (and the model is not
   being initialised) a call starts from the stored state, or the initial state where there is
   none, and stores its own last state, so a decoder can step one query at a time by carrying
   the collection from call to call, for any attention type:
@@ -56,7 +56,6 @@ class Attention(nn.Module):
   # Appending keys that a key-padding mask hides leaves the outputs unchanged. False only where
   # the design mixes key positions before masking (e.g. a learned projection along the length).
   padding_invariant: ClassVar[bool] = True
-  stateful: ClassVar[bool] = False  # keeps state between calls in `attention_state`
   # Forms attention weights that `dropout_rate` drops. False for types with no weights (the
   # kernelised ones): they ignore the rate and warn when given one (`warn_no_dropout`).
   drops_weights: ClassVar[bool] = True

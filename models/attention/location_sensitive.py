@@ -47,8 +47,6 @@ def conv_along_keys(alignment: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 class LocationSensitiveAttention(ScoredAttention):
   """Chorowski et al.'s location-aware additive attention (state in `attention_state`)."""
 
-  stateful = True
-
   num_filters: int = 8
   kernel_size: int = 5  # width of the convolution over the previous alignment
   cumulative: bool = False  # convolve the sum of all previous alignments

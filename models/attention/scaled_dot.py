@@ -52,11 +52,6 @@ def dot_product_weights(
   return normalize(scores, mask, 1.0, top_k)
 
 
-def repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
-  """`[B, T, Hkv, D]` -> `[B, T, H, D]` by repeating each kv head for its query group."""
-  return jnp.repeat(x, num_heads // x.shape[2], axis=2)
-
-
 def check_kv_heads(num_heads: int, num_kv_heads: int | None) -> int:
   """The number of key/value heads (`num_heads` when None); it must divide `num_heads`."""
   kv = num_kv_heads or num_heads

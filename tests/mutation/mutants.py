@@ -587,7 +587,7 @@ MUTANTS: tuple[Mutant, ...] = (
   # ------------------------------------------------------------------ models (families)
   _m(
     "model-ignores-input",
-    "models/layers.py",
+    "models/transformer_blocks.py",
     "x = emb(inputs.astype(jnp.int32)).astype(cfg.compute_dtype)",
     "x = 0.0 * emb(inputs.astype(jnp.int32)).astype(cfg.compute_dtype)",
     (T_MODELS, "-k", "family_trains and classifier"),
