@@ -72,6 +72,68 @@ def long_range_attention(max_len: int) -> ml_collections.ConfigDict:
   return attention
 
 
+def optimizer_section(**fields) -> ml_collections.ConfigDict:
+  """`config.optimizer` (optax, experiments/run/optim.py): AdamW with warm-up and cosine decay,
+  b1 0.9, b2 0.98, clipping at global norm 1; an experiment passes only the fields it changes."""
+  optimizer = ml_collections.ConfigDict()
+  optimizer.name = "adamw"  # adamw | adam | sgd | adafactor
+  optimizer.learning_rate = 3e-3  # peak
+  optimizer.schedule = "warmup_cosine"  # constant | warmup_cosine | linear | rsqrt
+  optimizer.warmup_steps = 100
+  optimizer.weight_decay = 1e-4  # decoupled (adamw, adafactor)
+  optimizer.b1 = 0.9
+  optimizer.b2 = 0.98
+  optimizer.momentum = 0.9  # sgd only
+  optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  optimizer.grad_accum_steps = 1  # >1: optax.MultiSteps, one update every k batches
+  unknown = sorted(set(fields) - set(optimizer))
+  if unknown:
+    raise ValueError(f"optimizer_section: unknown field(s) {unknown}; valid: {sorted(optimizer)}")
+  optimizer.update(fields)
+  return optimizer
+
+
+def long_range_model(
+  name: str, width: int, heads: int, layers: int, mlp: int, max_len: int, **fields
+) -> ml_collections.ConfigDict:
+  """`config.model` of a Long Range Arena task, as LRA's released code builds it: an encoder of
+  `layers` pre-norm blocks of `width` (embedding = attention width) with `heads` heads and an MLP
+  of `mlp`, fixed sinusoidal positions, dropout 0.1, [CLS] pooling into a Dense(mlp) - ReLU -
+  Dense(classes) head; `name` is the family (encoder_classifier | dual_encoder). `fields`
+  override any of these (e.g. LRA Image's learned positions and heavier dropout)."""
+  model = ml_collections.ConfigDict()
+  model.name = name
+  model.emb_dim = width
+  model.num_heads = heads
+  model.num_encoder_layers = layers
+  model.num_decoder_layers = 0  # unused by the classifiers
+  model.qkv_dim = width
+  model.mlp_dim = mlp
+  model.dropout_rate = 0.1  # LRA's model default
+  model.attention_dropout_rate = 0.1  # LRA's model default
+  model.max_len = max_len  # the task's max_length + the [CLS] position
+  model.position = "sinusoidal"  # LRA: fixed sinusoidal (learn_pos_emb False)
+  model.norm = "pre"  # LRA: pre-layer-norm blocks
+  model.pooling = "cls"  # LRA: CLS
+  model.classifier_dim = mlp  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
+  model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  model.update(fields)
+  model.attention = long_range_attention(model.max_len)  # scaled_dot
+  return model
+
+
+def long_range_optimizer(warmup_steps: int) -> ml_collections.ConfigDict:
+  """LRA's optimizer: Adam(0.9, 0.98), decoupled weight decay 0.1, no clipping, and the schedule
+  0.05 * min(1, step / warmup) / sqrt(max(step, warmup)): a peak of 0.05 / sqrt(warmup)."""
+  return optimizer_section(
+    learning_rate=0.05 / warmup_steps**0.5,
+    schedule="rsqrt",  # linear warm-up, then lr * sqrt(warmup / step)
+    warmup_steps=warmup_steps,
+    weight_decay=0.1,
+    grad_clip_norm=0.0,
+  )
+
+
 def loop_section() -> ml_collections.ConfigDict:
   """`config.train`: the fault-tolerance fields; the experiment sets steps and intervals."""
   train = ml_collections.ConfigDict()

@@ -4,7 +4,7 @@
     python main.py --config=configs/compare_reverse.py --workdir=runs/compare --sweep --seeds=3
     python main.py --config=configs/compare_reverse.py:steps=100,types=scaled_dot+dot \
         --workdir=runs/quick --sweep --seeds=2
-    python -m experiments.compare.report runs/compare [--baseline=linear]
+    python -m experiments.compare runs/compare [--baseline=linear]
 
 A smaller version of configs/default.py (reversing 4-12 symbols, 300 steps of 32 examples): the
 classic scores (Luong's dot, Bahdanau's additive, Chorowski's location-sensitive) in a GRU

@@ -3,7 +3,7 @@
     python main.py --config=configs/compare_translation.py --workdir=runs/mt_compare --sweep
     python main.py --config=configs/compare_translation.py:direction=en-de,steps=50000 \
         --workdir=runs/mt_compare_en_de --sweep_point=$SLURM_ARRAY_TASK_ID   # one job per point
-    python -m experiments.compare.report runs/mt_compare
+    python -m experiments.compare runs/mt_compare
 
 Points (9): an LSTM encoder-decoder with each classic attention, placed as in its paper --
 Bahdanau et al. 2015 (`bahdanau` placement: additive; Chorowski et al. 2015's location-sensitive

@@ -10,7 +10,7 @@ overridden with `--config.a.b=value`.
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import loop_section, mesh_section, optimizer_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -62,17 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.cross_attention = ""  # transformer: the cross attention's type; "": as attention
 
   # Optimizer: optax.
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"  # adamw | adam | sgd | adafactor
-  config.optimizer.learning_rate = 3e-3  # peak
-  config.optimizer.schedule = "warmup_cosine"  # constant | warmup_cosine | linear | rsqrt
-  config.optimizer.warmup_steps = 100
-  config.optimizer.weight_decay = 1e-4  # decoupled (adamw, adafactor)
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
-  config.optimizer.grad_accum_steps = 1  # >1: optax.MultiSteps, one update every k batches
+  config.optimizer = optimizer_section()
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

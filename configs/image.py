@@ -14,10 +14,11 @@ base_cifar10_config.py`): a small model, 200 epochs of the first 90% of the trai
 import ml_collections
 
 from configs.common import (
-  long_range_attention,
+  long_range_model,
   long_range_sweep,
   loop_section,
   mesh_section,
+  optimizer_section,
   parse_arg,
 )
 
@@ -44,36 +45,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_examples = 0  # per eval split; 0: the whole split
 
   # Model: LRA's CIFAR-10 Transformer is tiny (1 layer, 1 head, width 32) with heavy dropout.
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "encoder_classifier"
-  config.model.emb_dim = 32  # LRA: 32
-  config.model.num_heads = 1  # LRA: 1
-  config.model.num_encoder_layers = 1  # LRA: 1
-  config.model.num_decoder_layers = 0  # unused by the classifier
-  config.model.qkv_dim = 32  # LRA: 32
-  config.model.mlp_dim = 64  # LRA: 64
-  config.model.dropout_rate = 0.3  # LRA: 0.3
-  config.model.attention_dropout_rate = 0.2  # LRA: 0.2
-  config.model.max_len = 1025  # 32 * 32 pixels + the [CLS] position
-  config.model.position = "learned"  # LRA: learn_pos_emb True
-  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
-  config.model.pooling = "cls"  # LRA: CLS
-  config.model.classifier_dim = 64  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
-  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
+  config.model = long_range_model(
+    "encoder_classifier", width=32, heads=1, layers=1, mlp=64, max_len=1025,  # 32 * 32 + [CLS]
+    dropout_rate=0.3,  # LRA: 0.3
+    attention_dropout_rate=0.2,  # LRA: 0.2
+    position="learned",  # LRA: learn_pos_emb True
+  )  # fmt: skip
 
   # Optimizer: LRA: Adam, lr 5e-4, linear warm-up for one epoch then cosine decay, no weight decay.
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 5e-4  # LRA: 0.0005 (peak)
-  config.optimizer.schedule = "warmup_cosine"  # LRA: constant * linear_warmup * cosine_decay
-  config.optimizer.warmup_steps = steps_per_epoch  # LRA: one epoch
-  config.optimizer.weight_decay = 0.0  # LRA: 0
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98  # LRA's Adam betas
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # LRA: none
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = optimizer_section(
+    learning_rate=5e-4,  # LRA: 0.0005 (peak), linear warm-up then cosine decay
+    warmup_steps=steps_per_epoch,  # LRA: one epoch
+    weight_decay=0.0,  # LRA: 0
+    grad_clip_norm=0.0,  # LRA: none
+  )
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

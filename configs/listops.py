@@ -16,7 +16,8 @@ the paper: 512 dim, 8 heads, 6 layers, FFN 2048, 5K steps); where they differ it
 import ml_collections
 
 from configs.common import (
-  long_range_attention,
+  long_range_model,
+  long_range_optimizer,
   long_range_sweep,
   loop_section,
   mesh_section,
@@ -43,37 +44,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_examples = 0  # per eval split; 0: the whole split (2000 each in LRA)
 
   # Model: an encoder with a [CLS] token and an MLP head (LRA: pooling_mode CLS).
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "encoder_classifier"
-  config.model.emb_dim = 512  # LRA: 512
-  config.model.num_heads = 8  # LRA: 8
-  config.model.num_encoder_layers = 6  # LRA code and paper: 6
-  config.model.num_decoder_layers = 0  # unused by the classifier
-  config.model.qkv_dim = 512  # LRA: 512
-  config.model.mlp_dim = 2048  # LRA: 2048
-  config.model.dropout_rate = 0.1  # LRA's model default
-  config.model.attention_dropout_rate = 0.1  # LRA's model default
-  config.model.max_len = 2001  # max_length + the [CLS] position
-  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal (learn_pos_emb False)
-  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
-  config.model.pooling = "cls"  # LRA: CLS
-  config.model.classifier_dim = 2048  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
-  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
+  config.model = long_range_model(
+    "encoder_classifier", width=512, heads=8, layers=6, mlp=2048, max_len=2001
+  )  # LRA code and paper: 512 dim, 8 heads, 6 layers, FFN 2048; max_len = 2000 + [CLS]
 
   # Optimizer: LRA uses Adam(b1=0.9, b2=0.98) with decoupled weight decay 0.1 and the schedule
   # 0.05 * min(1, step / 1000) / sqrt(max(step, 1000)), i.e. a peak of 0.05 / sqrt(1000).
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 0.05 / 1000**0.5  # peak, reached at the end of warm-up
-  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
-  config.optimizer.warmup_steps = 1000  # LRA: 1000
-  config.optimizer.weight_decay = 0.1  # LRA: 0.1
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = long_range_optimizer(warmup_steps=1000)  # LRA: 1000
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

@@ -16,7 +16,7 @@ weight decay 0.1, 500K steps); flax evaluates on 512-token rows, here eval uses 
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import loop_section, mesh_section, optimizer_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -68,17 +68,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.attention.name = "scaled_dot"  # any registered attention type
 
   # Optimizer: flax lm1b: AdamW(0.9, 0.98), 0.0016 with linear warm-up then rsqrt decay.
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 0.0016  # peak (flax lm1b: 0.0016)
-  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
-  config.optimizer.warmup_steps = 1000  # flax lm1b: 1000
-  config.optimizer.weight_decay = 0.1  # flax lm1b: 0.1
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # flax lm1b: none
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = optimizer_section(
+    learning_rate=0.0016,  # peak (flax lm1b: 0.0016)
+    schedule="rsqrt",  # linear warm-up, then lr * sqrt(warmup / step)
+    warmup_steps=1000,  # flax lm1b: 1000
+    weight_decay=0.1,  # flax lm1b: 0.1
+    grad_clip_norm=0.0,  # flax lm1b: none
+  )
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

@@ -13,7 +13,8 @@ a shared encoder for both documents and the [u, v, u*v, u-v] matching head.
 import ml_collections
 
 from configs.common import (
-  long_range_attention,
+  long_range_model,
+  long_range_optimizer,
   long_range_sweep,
   loop_section,
   mesh_section,
@@ -40,37 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_examples = 0  # per eval split; 0: the whole split
 
   # Model: one encoder applied to both documents, [CLS] pooling, matching MLP head.
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "dual_encoder"
-  config.model.emb_dim = 128  # LRA: 128
-  config.model.num_heads = 4  # LRA: 4
-  config.model.num_encoder_layers = 4  # LRA: 4
-  config.model.num_decoder_layers = 0  # unused
-  config.model.qkv_dim = 128  # LRA: 128
-  config.model.mlp_dim = 512  # LRA: 512
-  config.model.dropout_rate = 0.1  # LRA's model default
-  config.model.attention_dropout_rate = 0.1  # LRA's model default
-  config.model.max_len = 4001  # max_length + the [CLS] position
-  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal
-  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
-  config.model.pooling = "cls"  # LRA: CLS
-  config.model.classifier_dim = 512  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
-  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
+  config.model = long_range_model(
+    "dual_encoder", width=128, heads=4, layers=4, mlp=512, max_len=4001
+  )  # LRA: 128 dim, 4 heads, 4 layers, FFN 512; max_len = 4000 + [CLS]
 
   # Optimizer: LRA: Adam(0.9, 0.98), weight decay 0.1, 0.05 * linear_warmup * rsqrt_decay with
   # 8000 warm-up steps (longer than the 5000-step run, so the rate is still rising at the end).
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 0.05 / 8000**0.5  # peak (never reached in 5000 steps)
-  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
-  config.optimizer.warmup_steps = 8000  # LRA: 8000
-  config.optimizer.weight_decay = 0.1  # LRA: 0.1
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = long_range_optimizer(warmup_steps=8000)  # LRA: 8000 (never reached)
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

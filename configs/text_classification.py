@@ -18,7 +18,8 @@ base_tc_config.py`: max_length 1000; the paper's table lists 4K for this task).
 import ml_collections
 
 from configs.common import (
-  long_range_attention,
+  long_range_model,
+  long_range_optimizer,
   long_range_sweep,
   loop_section,
   mesh_section,
@@ -55,37 +56,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_examples = 0  # per eval split; 0: the whole split (test: 25000)
 
   # Model: an encoder with a [CLS] token and an MLP head (LRA: classifier_pool CLS).
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "encoder_classifier"
-  config.model.emb_dim = 256  # LRA: 256
-  config.model.num_heads = 4  # LRA: 4
-  config.model.num_encoder_layers = 4  # LRA: 4
-  config.model.num_decoder_layers = 0  # unused by the classifier
-  config.model.qkv_dim = 256  # LRA: 256
-  config.model.mlp_dim = 1024  # LRA: 1024
-  config.model.dropout_rate = 0.1  # LRA's model default
-  config.model.attention_dropout_rate = 0.1  # LRA's model default
-  config.model.max_len = args.max_length + 1  # max_length + the [CLS] position
-  config.model.position = "sinusoidal"  # LRA: fixed sinusoidal
-  config.model.norm = "pre"  # LRA: pre-layer-norm blocks
-  config.model.pooling = "cls"  # LRA: CLS
-  config.model.classifier_dim = 1024  # LRA's head: Dense(mlp_dim) - ReLU - Dense(classes)
-  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  config.model.attention = long_range_attention(config.model.max_len)  # scaled_dot
+  config.model = long_range_model(
+    "encoder_classifier", width=256, heads=4, layers=4, mlp=1024, max_len=args.max_length + 1
+  )  # LRA: 256 dim, 4 heads, 4 layers, FFN 1024
 
   # Optimizer: LRA: Adam(0.9, 0.98), weight decay 0.1, 0.05 * linear_warmup * rsqrt_decay with
   # 8000 warm-up steps, i.e. a peak of 0.05 / sqrt(8000).
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 0.05 / 8000**0.5  # peak, reached at the end of warm-up
-  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
-  config.optimizer.warmup_steps = 8000  # LRA: 8000
-  config.optimizer.weight_decay = 0.1  # LRA: 0.1
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # LRA: no clipping
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = long_range_optimizer(warmup_steps=8000)  # LRA: 8000
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing

@@ -15,12 +15,17 @@ of the batch contract in docs/architecture.md:
   - `pack` (seq2seq / lm): several examples share one row, flax `examples/wmt` style. Adds
     `<key>_segmentation` (1, 2, ... per example in a row, 0 = padding) and `<key>_position`
     (0, 1, ... restarting per example) for every sequence key. Examples are taken in chunks of
-    `PACK_CHUNK` and placed greedily (next fit) in order; an example goes to the same row and
-    segment in every key (inputs and targets never mix). Resume: `.skip(start_batch)`.
+    `PACK_CHUNK` of an epoch and placed greedily (next fit) in order; an example goes to the same
+    row and segment in every key (inputs and targets never mix). Resume: the rows of every chunk
+    are counted from the example lengths alone (one vectorised next fit over all chunks of many
+    epochs at once), so the stream starts at the chunk holding batch `start_batch`'s first row
+    and replays at most that chunk.
   - `bucket_by_length`: examples grouped by length into buckets with boundaries at powers of two
     (8, 16, ..., max length); each batch is padded to its bucket boundary, so the length dimension
     varies between batches (a loop that compiles one shape needs `pack` or the padded default).
-    Resume: `.skip(start_batch)`.
+    Buckets are filled per epoch (a partial bucket at an epoch's end is dropped), so every epoch
+    has the same number of batches; resume starts at the epoch of `start_batch` and replays at
+    most one epoch's grouping.
 
 * eval (`eval_dataset("validation")`, `eval_dataset("test")`): every example of this process's
   shard of that split once, in file order, padded to the task maxima;
@@ -52,6 +57,7 @@ import tensorflow_datasets as tfds
 from input_pipeline.base import SPLITS, Datasets, TaskInfo, pad_eval_batches, pick_split
 
 PACK_CHUNK = 1024  # examples packed together (part of the deterministic stream: do not vary)
+EPOCH_BLOCK = 16  # epochs whose packed rows are counted in one call (resume)
 MIN_BUCKET = 8
 _FOREVER = 2**62
 
@@ -277,16 +283,67 @@ def _to_tf(examples: Examples) -> tuple[dict[str, tuple], dict[str, tf.Variable]
   )
 
 
+def _permutation(n: int, seed: int, epoch) -> tf.Tensor:
+  """Epoch `epoch`'s order of the examples: a seeded permutation of range(n)."""
+  return tf.random.experimental.stateless_shuffle(
+    tf.range(n, dtype=tf.int64),
+    seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
+  )
+
+
 def _epoch_indices(n: int, seed: int, first_epoch: int) -> tf.data.Dataset:
   """Indices of an infinite stream of epochs, each a seeded permutation of range(n)."""
+  epochs = tf.data.Dataset.range(first_epoch, _FOREVER)
+  return epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e)))
 
-  def epoch(e):
-    perm = tf.random.experimental.stateless_shuffle(
-      tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
-    )
-    return tf.data.Dataset.from_tensor_slices(perm)
 
-  return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch)
+def _epoch_chunks(n: int, seed: int, first_epoch: int, first_chunk: int) -> tf.data.Dataset:
+  """Index chunks (`PACK_CHUNK` per chunk, the last of an epoch shorter) of every epoch from
+  `first_epoch`, beginning at its chunk `first_chunk`."""
+
+  def chunks(e):
+    return tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e)).batch(PACK_CHUNK)
+
+  later = tf.data.Dataset.range(first_epoch + 1, _FOREVER).flat_map(chunks)
+  return chunks(first_epoch).skip(first_chunk).concatenate(later)
+
+
+@tf.function(jit_compile=True)
+def _rows_per_chunk(lens: tf.Tensor, caps: tf.Tensor) -> tf.Tensor:
+  """Rows next fit makes of each chunk `lens [C, PACK_CHUNK, K]` (zero lengths: no example),
+  all chunks at once: `_next_fit`'s rule, vectorised over chunks."""
+
+  def place(state, length):  # length [C, K]
+    rows, used = state
+    fits = tf.reduce_all(used + length <= caps, axis=1)
+    real = tf.reduce_any(length > 0, axis=1)
+    new_row = real & ~fits
+    return rows + tf.cast(new_row, tf.int64), tf.where(new_row[:, None], length, used + length)
+
+  c = tf.shape(lens)[0]
+  init = (tf.zeros([c], tf.int64), tf.zeros_like(lens[:, 0]) + caps + 1)
+  rows, _ = tf.foldl(place, tf.transpose(lens, [1, 0, 2]), initializer=init)
+  return rows
+
+
+def packed_start(lens: np.ndarray, caps: Sequence[int], seed: int, start_row: int):
+  """(epoch, chunk, row in chunk) of row `start_row` of the packed stream of examples with
+  lengths `lens [n, K]`: rows are counted per chunk, epochs `EPOCH_BLOCK` at a time."""
+  n = len(lens)
+  per_epoch = -(-n // PACK_CHUNK)
+  caps = tf.constant(list(caps), tf.int64)
+  seen, epoch = 0, 0
+  while True:
+    perms = np.stack([_permutation(n, seed, e).numpy() for e in range(epoch, epoch + EPOCH_BLOCK)])
+    padded = np.zeros((EPOCH_BLOCK, per_epoch * PACK_CHUNK, lens.shape[1]), np.int64)
+    padded[:, :n] = lens[perms]
+    rows = _rows_per_chunk(tf.constant(padded.reshape(-1, PACK_CHUNK, lens.shape[1])), caps)
+    cumulative = seen + np.cumsum(rows.numpy())
+    if cumulative[-1] > start_row:
+      i = int(np.searchsorted(cumulative, start_row, side="right"))
+      before = int(cumulative[i - 1]) if i else seen
+      return epoch + i // per_epoch, i % per_epoch, start_row - before
+    seen, epoch = int(cumulative[-1]), epoch + EPOCH_BLOCK
 
 
 def _gather(sequences, scalars, lengths, idx, dense: bool):
@@ -435,19 +492,32 @@ def make_datasets(
         deterministic=True,
       )
       return ds.prefetch(tf.data.AUTOTUNE)
-    idx = _epoch_indices(n, seed, 0)
+    lens = np.stack([train.sequences[k].lengths for k in seq_keys], axis=1)
     if pack:
-      ds = idx.batch(PACK_CHUNK).map(
+      epoch, chunk, row = packed_start(
+        lens, [lengths[k] for k in seq_keys], seed, start_batch * local
+      )
+      ds = _epoch_chunks(n, seed, epoch, chunk).map(
         lambda i: pack_rows(_gather(sequences, {}, lengths, i, dense=False), lengths),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
       )
-      ds = ds.unbatch().batch(local, drop_remainder=True)
-    else:
-      ds = idx.map(lambda i: _gather(sequences, scalars, lengths, i[None], dense=False))
+      ds = ds.unbatch().skip(row).batch(local, drop_remainder=True)
+      return ds.prefetch(tf.data.AUTOTUNE)
+    bounds = _bucket_boundaries(max(lengths[k] for k in seq_keys))
+    per_bucket = np.bincount(np.searchsorted(bounds, lens.max(axis=1)), minlength=len(bounds))
+    per_epoch = int((per_bucket // local).sum())
+    if per_epoch == 0:
+      raise ValueError(
+        f"no bucket of length boundaries {bounds} holds a batch of {local} training examples; "
+        "lower data.batch_size or set data.bucket_by_length=False"
+      )
+    epoch, skip = divmod(start_batch, per_epoch)
+
+    def bucketed(e):
+      ds = tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e))
+      ds = ds.map(lambda i: _gather(sequences, scalars, lengths, i[None], dense=False))
       ds = ds.map(lambda ex: {k: v[0] for k, v in ex.items()})
-      longest = max(lengths[k] for k in seq_keys)
-      bounds = _bucket_boundaries(longest)
       ds = ds.bucket_by_sequence_length(
         lambda ex: tf.reduce_max([tf.shape(ex[k])[0] for k in seq_keys]),
         bucket_boundaries=[b + 1 for b in bounds],
@@ -456,8 +526,11 @@ def make_datasets(
         padded_shapes={k: [None] if k in seq_keys else [] for k in train.sequences | train.scalars},
         drop_remainder=True,
       )
-      ds = ds.map(lambda b: _pad_to_boundary(b, seq_keys, bounds))
-    return ds.skip(start_batch).prefetch(tf.data.AUTOTUNE)
+      return ds.map(lambda b: _pad_to_boundary(b, seq_keys, bounds))
+
+    first = bucketed(epoch).skip(skip)
+    ds = first.concatenate(tf.data.Dataset.range(epoch + 1, _FOREVER).flat_map(bucketed))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
   def eval_dataset(split: str = "validation") -> tf.data.Dataset:
     examples = pick_split(split, evals)

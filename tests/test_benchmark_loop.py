@@ -1,7 +1,7 @@
 """The loop benchmark: its measurements run on a tiny config, and its section replaces itself."""
 
 from experiments.benchmarks import loop
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config
 
 MEASURED = {
   "machine": "test machine",

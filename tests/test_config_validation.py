@@ -8,7 +8,7 @@ import pytest
 
 import input_pipeline
 from experiments.run import validate
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from experiments.run import decode_eval, train
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_strip_stops_at_eos_and_drops_padding():

@@ -3,15 +3,11 @@ numbers, refused workdirs. The `slow` tests run `main.py` in subprocesses, as a 
 
 import dataclasses
 import glob
-import json
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
@@ -24,65 +20,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 import input_pipeline
 from configs import default
 from experiments.run import checkpoints, preemption, train, validate
-from tests.tiny import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# configs/default.py shrunk to seconds of CPU (main.py flags, like a user would pass them).
-TINY_FLAGS = [
-  "--config=configs/default.py",
-  "--config.data.max_length=8",
-  "--config.data.batch_size=16",
-  "--config.data.eval_examples=32",
-  "--config.model.emb_dim=32",
-  "--config.model.qkv_dim=32",
-  "--config.model.mlp_dim=64",
-  "--config.model.num_encoder_layers=1",
-  "--config.model.num_decoder_layers=1",
-  "--config.train.log_every_steps=5",
-]
-ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-class Main:
-  """`python main.py FLAGS --workdir=W` in a subprocess; output to a file (a pipe could fill up)."""
-
-  def __init__(self, workdir, *flags: str, env: dict[str, str] | None = None, cache=None):
-    """`cache`: a JAX compilation cache folder shared by the launches of one test (one writer
-    per program at a time: JAX writes entries in place)."""
-    workdir = os.fspath(workdir)
-    if cache is not None:
-      env = {
-        "JAX_COMPILATION_CACHE_DIR": os.fspath(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        **(env or {}),
-      }
-    logs = os.path.dirname(workdir)
-    while not os.path.isdir(logs):  # e.g. a workdir under a file
-      logs = os.path.dirname(logs)
-    fd, self.log = tempfile.mkstemp(prefix="main.", suffix=".log", dir=logs)
-    with os.fdopen(fd, "w") as out:
-      self.proc = subprocess.Popen(
-        [sys.executable, "main.py", *flags, f"--workdir={workdir}"],
-        cwd=ROOT,
-        env={**os.environ, **ENV, **(env or {})},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-      )
-
-  def output(self) -> str:
-    with open(self.log) as f:
-      return f.read()
-
-  def wait(self, timeout: float = 300) -> int:
-    return self.proc.wait(timeout=timeout)
-
-  def wait_for(self, predicate, timeout: float = 300) -> None:
-    start = time.time()
-    while not predicate():
-      assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.output()[-3000:]}"
-      assert time.time() - start < timeout, "timed out"
-      time.sleep(0.05)
-
+from tests.helpers import TINY_FLAGS, Main, checkpoint_steps, read_json, records, tiny_config
 
 KILL_DELAYS = random.Random(20)  # when after a checkpoint a run is killed: fixed by the seed
 
@@ -93,24 +31,6 @@ def _wait_until(condition, timeout: float = 10.0) -> None:
   while not condition():
     assert time.monotonic() < deadline, f"timed out after {timeout}s"
     time.sleep(0.001)
-
-
-def _steps(workdir) -> list[int]:
-  """Complete checkpoints in workdir/checkpoints/latest (what orbax would list)."""
-  directory = os.path.join(workdir, "checkpoints", "latest")
-  return (
-    sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-  )
-
-
-def _json(path):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _records(workdir) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def _truncate(step_dir) -> None:
@@ -158,19 +78,19 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
   run.proc.send_signal(signal.SIGTERM)
   assert run.wait() == 0, run.output()[-3000:]
   out = run.output()
-  stopped = _steps(work)[-1]
+  stopped = checkpoint_steps(work)[-1]
   assert 0 < stopped < 150 and not (work / "results.json").exists()
   assert "SIGTERM: finishing the current step and saving a checkpoint" in out
   assert f"stopped at step {stopped} on request; checkpoint saved. Run the same command" in out
 
   run = Main(work, *flags, cache=cache)
-  run.wait_for(lambda: _steps(work)[-1] > stopped)  # a new checkpoint is complete
+  run.wait_for(lambda: checkpoint_steps(work)[-1] > stopped)  # a new checkpoint is complete
   time.sleep(KILL_DELAYS.uniform(0.0, 0.3))  # somewhere in the next steps (seeded)
   run.proc.kill()
   assert run.wait() == -signal.SIGKILL, run.output()[-3000:]
   assert f"resumed from step {stopped} " in run.output()
 
-  last = _steps(work)[-1]
+  last = checkpoint_steps(work)[-1]
   half = latest / f"{last + 25}.orbax-checkpoint-tmp"  # what a save cut short leaves behind
   if not half.exists():
     shutil.copytree(latest / str(last), half)
@@ -181,12 +101,15 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
   out = run.output()
   assert f"resumed from step {last} " in out and "damaged" not in out
   assert reference.wait() == 0, reference.output()[-3000:]
-  expected, got = _json(tmp_path / "reference" / "results.json"), _json(work / "results.json")
+  expected, got = (
+    read_json(tmp_path / "reference" / "results.json"),
+    read_json(work / "results.json"),
+  )
   assert got["step"] == 150
   assert got["metrics"] == expected["metrics"]  # bit-identical on CPU
   assert (got["best"], got["best_step"]) == (expected["best"], expected["best_step"])
   # metrics.jsonl: records written before the kill and redone after it appear once.
-  ours, theirs = _records(work), _records(tmp_path / "reference")
+  ours, theirs = records(work), records(tmp_path / "reference")
   assert [r["step"] for r in ours] == [r["step"] for r in theirs]
   for a, b in zip(ours, theirs, strict=True):
     if a["step"] > last or "eval/loss" in a:
@@ -223,7 +146,7 @@ def test_failed_save_and_damaged_checkpoints_are_never_loaded(tmp_path, monkeypa
     )
     with pytest.raises(OSError, match="No space left on device"):
       train.train_and_evaluate(config, str(tmp_path))
-  assert _steps(tmp_path) == [4, 8]
+  assert checkpoint_steps(tmp_path) == [4, 8]
   assert glob.glob(str(latest / "12.*tmp*"))  # the unfinished save, never listed
 
   _flip_bytes(latest / "8")
@@ -232,12 +155,12 @@ def test_failed_save_and_damaged_checkpoints_are_never_loaded(tmp_path, monkeypa
   # Depending on the bytes hit, reading fails or the contents differ from the fingerprint.
   assert re.search(r"checkpoint at step 8 in \S+ is damaged \(", caplog.text)
   assert "resumed from step 4 " in caplog.text
-  assert _steps(tmp_path) == [8, 12] and (latest / "damaged.8").is_dir()
+  assert checkpoint_steps(tmp_path) == [8, 12] and (latest / "damaged.8").is_dir()
   assert not glob.glob(str(latest / "*tmp*"))
 
   best = tmp_path / "checkpoints" / "best"
   (best_step,) = (int(d) for d in os.listdir(best))
-  for step in _steps(tmp_path):
+  for step in checkpoint_steps(tmp_path):
     _truncate(latest / str(step))
   caplog.clear()
   assert train.train_and_evaluate(config, str(tmp_path))["step"] == 12
@@ -288,7 +211,7 @@ def test_nonfinite_skip_discards_updates_and_stops_after_max_in_a_row(
     r"non-finite loss/gradients/parameters at step (\d+): update skipped", caplog.text
   )
   assert skipped == ["3", "6", "7", "8"]  # counted, and the count restarted after step 3
-  assert _steps(tmp_path) == [6, 7]  # step 8 was not saved
+  assert checkpoint_steps(tmp_path) == [6, 7]  # step 8 was not saved
   ckpt = checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max")
   with ckpt:
     (s6, _), (s7, _) = (ckpt._restore(ckpt.latest, step, None) for step in (6, 7))
@@ -324,7 +247,7 @@ def test_nonfinite_stop_exits_2_and_keeps_last_good_checkpoint(tmp_path):
   )
   assert found, out[-3000:]
   step, good = int(found[1]), int(found[2])
-  assert good == step - 1 == _steps(tmp_path)[-1]
+  assert good == step - 1 == checkpoint_steps(tmp_path)[-1]
   with checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max") as ckpt:
     state, meta = ckpt.restore_latest(None)  # intact: reads back, fingerprint matches
   assert meta["next_batch"] == good and int(state["step"]) == good

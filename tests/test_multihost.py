@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.run import distributed
-from tests.test_fault_tolerance import TINY_FLAGS, Main, _json, _records, _steps
+from tests.helpers import TINY_FLAGS, Main, checkpoint_steps, read_json, records
 
 
 def _free_port() -> int:
@@ -58,7 +58,7 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
   outs = [p.output() for p in procs]
   assert "JAX process 0/2" in outs[0] and "JAX process 1/2" in outs[1]
   assert "SIGTERM" in outs[1] and "SIGTERM" not in outs[0]
-  stopped = _steps(two)[-1]
+  stopped = checkpoint_steps(two)[-1]
   assert 0 < stopped < 80 and stopped % 8 == 0  # stop requests are agreed every 8 steps
   assert all(f"stopped at step {stopped} on request" in out for out in outs)
 
@@ -67,12 +67,12 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
     assert p.wait() == 0, p.output()[-3000:]
     assert f"resumed from step {stopped} " in p.output()
   assert one.wait() == 0, one.output()[-3000:]
-  single, double = _json(tmp_path / "one" / "results.json"), _json(two / "results.json")
+  single, double = read_json(tmp_path / "one" / "results.json"), read_json(two / "results.json")
   assert double["step"] == 80 and double["best_step"] == single["best_step"]
   for key, value in single["metrics"].items():
     np.testing.assert_allclose(double["metrics"][key], value, rtol=1e-5, err_msg=key)
-  first = [r for r in _records(two) if r["step"] <= min(stopped, 40) and "train/loss" in r]
-  reference = {r["step"]: r["train/loss"] for r in _records(tmp_path / "one") if "train/loss" in r}
+  first = [r for r in records(two) if r["step"] <= min(stopped, 40) and "train/loss" in r]
+  reference = {r["step"]: r["train/loss"] for r in records(tmp_path / "one") if "train/loss" in r}
   assert first  # before the stop: the very same batches, step by step
   for r in first:
     np.testing.assert_allclose(r["train/loss"], reference[r["step"]], rtol=1e-5, err_msg=r["step"])

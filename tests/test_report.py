@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments.compare import __main__ as compare_cli
 from experiments.compare import report, stats, sweep
-from tests.test_sweep import write_experiment
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config, write_experiment
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -206,10 +206,10 @@ def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
     assert data.startswith(PNG) and len(data) > 10_000, name
     assert f"({name})" in text, name
 
-  report.main([str(runs), "--max_maps=0", "--speed=steps_per_sec", "--top=1"])
+  compare_cli.main([str(runs), "--max_maps=0", "--speed=steps_per_sec", "--top=1"])
   out = capsys.readouterr().out
   assert "report: " in out and "... and 1 more rows" in out
   with pytest.raises(SystemExit) as stopped:
-    report.main([str(runs), "--baseline=nope"])
+    compare_cli.main([str(runs), "--baseline=nope"])
   assert stopped.value.code == 2
   assert "--baseline='nope' matches no group" in capsys.readouterr().err

@@ -17,21 +17,8 @@ import pytest
 from configs import common, compare_reverse, default, listops
 from experiments.compare import search, sweep
 from experiments.run import validate
-from tests.tiny import tiny_config
+from tests.helpers import ENV, ROOT, TINY_MODEL_FLAGS, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# configs/default.py shrunk to seconds of CPU; `:steps=N` sets the search budget.
-TINY_FLAGS = [
-  "--config.data.max_length=8",
-  "--config.data.batch_size=16",
-  "--config.data.eval_examples=32",
-  "--config.model.emb_dim=32",
-  "--config.model.qkv_dim=32",
-  "--config.model.mlp_dim=64",
-  "--config.model.num_encoder_layers=1",
-  "--config.model.num_decoder_layers=1",
-]
-ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -39,7 +26,7 @@ def _main(workdir, steps: int, *flags: str) -> subprocess.Popen:
   """`python main.py --config=configs/default.py:steps=N --search FLAGS` in a subprocess."""
   log = open(os.path.join(os.path.dirname(workdir), "main.log"), "ab")  # noqa: SIM115
   command = [sys.executable, "main.py", f"--config=configs/default.py:steps={steps}",
-             f"--workdir={workdir}", "--search", *TINY_FLAGS, *flags]  # fmt: skip
+             f"--workdir={workdir}", "--search", *TINY_MODEL_FLAGS, *flags]  # fmt: skip
   return subprocess.Popen(
     command, cwd=ROOT, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT
   )
@@ -187,7 +174,7 @@ def test_rerun_continues_to_the_requested_trials_without_repeating(tmp_path):
 
 SWEPT_SEARCH = """
 from configs.common import axis, loguniform, search
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config
 
 def get_config(arg=None):
   return tiny_config(steps=4)

@@ -22,32 +22,13 @@ from configs.common import LONG_RANGE_TYPES, axis, chain, product, zip_
 from experiments.compare import attention_maps, comparison, report, sweep
 from experiments.run import preemption, train, validate
 from input_pipeline.base import TaskInfo
-from tests.test_fault_tolerance import ENV
-from tests.tiny import tiny_config
+from tests.helpers import ENV, ROOT, tiny_config, write_experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENT = """
-import sys
-sys.path.insert(0, {root!r})
-from configs.common import axis, chain
-from tests.tiny import tiny_config
-
-def get_config(arg=None):
-  return tiny_config(steps={steps})
-
-def get_sweep(arg=None):
-  return {sweep}
-"""
 # scaled_dot runs; 3 heads do not divide the width, so that point fails; dot is interrupted first.
 FAILING_SWEEP = (
   'chain(axis("model.attention.name", ["scaled_dot"]), axis("model.num_heads", [3]), '
   'axis("model.attention.name", ["dot"]))'
 )
-
-
-def write_experiment(path, sweep_expr: str, steps: int = 6) -> str:
-  path.write_text(EXPERIMENT.format(root=ROOT, steps=steps, sweep=sweep_expr))
-  return str(path)
 
 
 def test_helpers_expand_as_declared():

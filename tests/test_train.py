@@ -17,9 +17,8 @@ from jax._src import array as jax_array  # the emulated device -> host guard, se
 from jax._src import config as jax_config
 
 import input_pipeline
-import models
-from experiments.run import optim, preemption, sharding, train
-from tests.tiny import tiny_config
+from experiments.run import batches, build, preemption, sharding, train
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {
@@ -127,15 +126,11 @@ def test_runs_that_differ_only_in_seed_lower_to_the_same_program():
   for seed in (0, 1):
     config = tiny_config(steps=4)
     config.seed = seed
-    datasets = input_pipeline.get_datasets(config.data)
-    model = models.build(config.model, datasets.info)
-    mesh = sharding.make_mesh(config.mesh.shape)
-    tx = optim.create(config.optimizer, config.train.num_steps)
-    batch = next(datasets.train_dataset(0).as_numpy_iterator())
-    with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
-      state, state_sharding = train.create_state(config, model, tx, mesh, batch)
-      step = train.make_steps(config, datasets.info.kind, state_sharding, mesh)
-      texts.append(step.train.jitted.lower(state, batch).as_text())
+    run = build.build(config)
+    batch = next(run.datasets.train_dataset(0).as_numpy_iterator())
+    with nn.logical_axis_rules(run.axis_rules):
+      texts.append(run.steps.train.jitted.lower(run.state, batch).as_text())
+    state = run.state
     assert int(jax.random.key_data(jax.random.key(seed))[1]) == int(state.rng[1])
   assert texts[0] == texts[1]
 
@@ -179,12 +174,12 @@ def test_prefetch_keeps_the_order_and_reads_ahead(tmp_path):
   mesh = sharding.make_mesh((1, 1, 1))
   read = []
 
-  def batches():
+  def stream_of_batches():
     for i in range(5):
       read.append(i)
       yield {"inputs": np.full((2, 3), i, np.int32)}
 
-  stream = train.prefetch(batches(), mesh, size=2)
+  stream = batches.prefetch(stream_of_batches(), mesh, size=2)
   first = next(stream)
   assert read == [0, 1]  # the second batch is already on its way while the first trains
   assert isinstance(first["inputs"], jax.Array)
@@ -237,7 +232,7 @@ sys.path.insert(0, {root!r})
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
 from experiments.run import train
-from tests.tiny import tiny_config
+from tests.helpers import tiny_config
 out = {{}}
 for shape in {meshes!r}:
   config = tiny_config(steps=6)

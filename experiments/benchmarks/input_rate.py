@@ -4,11 +4,14 @@
 
 Builds each task from generated data (no downloads): the synthetic `reverse` task, ListOps from
 files written by `input_pipeline.listops_generate` (LRA lengths), byte-level text classification
-from a local TSV, translation (SentencePiece, packed and padded) and byte-level lm (packed) from
-local text. Times `as_numpy_iterator()` batches, as the train loop consumes them, after a warm-up.
+from a local TSV, translation (SentencePiece: padded, packed, bucketed) and byte-level lm
+(packed) from local text. Times `as_numpy_iterator()` batches, as the train loop consumes them,
+after a warm-up.
 `tokens/s` counts non-padding tokens of all sequence features; `fill` is the non-padding share of
 the batch. Load time (reading and tokenising; for the first translation row also training the
-SentencePiece model, which the packed row reuses) is reported apart.
+SentencePiece model, which the packed row reuses) is reported apart, and so is the time a
+resumed stream takes to give its first batch at batch 0 and at batch `RESUME_AT` (locating the
+start of a packed or bucketed stream without replaying it).
 Prints a markdown table; `--output` also writes it to a file.
 """
 
@@ -29,6 +32,7 @@ import input_pipeline  # noqa: E402
 from input_pipeline import listops_generate  # noqa: E402
 
 SEQUENCE_KEYS = ("inputs", "inputs2", "targets")
+RESUME_AT = 100_000
 WORDS = [
   "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be",
   "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have",
@@ -83,6 +87,8 @@ def make_cases(tmp: str) -> list[tuple[str, ml_collections.ConfigDict]]:
       batch_size=32)),
     ("translation, SentencePiece, padded (256)", config(**translation, batch_size=64)),
     ("translation, SentencePiece, packed (256)", config(**translation, batch_size=64, pack=True)),
+    ("translation, SentencePiece, bucketed (256)", config(
+      **translation, batch_size=64, bucket_by_length=True)),
     ("lm, bytes, packed (512)", config(
       name="lm", dataset="files", train_path=j("train.src"), validation_path=j("eval.src"),
       test_path=j("eval.src"), tokenizer="byte", max_length=512, batch_size=32, pack=True)),
@@ -99,6 +105,11 @@ def measure(config: ml_collections.ConfigDict, workdir: str, seconds: float) -> 
   start = time.perf_counter()
   data = input_pipeline.get_datasets(config, workdir=workdir)
   load_s = time.perf_counter() - start
+  resume_s = {}
+  for at in (0, RESUME_AT):
+    start = time.perf_counter()
+    next(data.train_dataset(at).as_numpy_iterator())
+    resume_s[at] = time.perf_counter() - start
   it = data.train_dataset(0).as_numpy_iterator()
   for _ in range(20):  # warm-up: tracing, prefetch buffers
     next(it)
@@ -116,6 +127,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, seconds: float) -> 
   shape = "x".join(map(str, batch["inputs"].shape))
   return {
     "load_s": load_s,
+    "resume_0_s": resume_s[0],
+    "resume_far_s": resume_s[RESUME_AT],
     "batches/s": batches / elapsed,
     "examples/s": examples / elapsed,
     "tokens/s": tokens / elapsed,
@@ -130,12 +143,14 @@ def table(rows: list[tuple[str, dict]]) -> str:
     f"Input pipeline throughput, {datetime.date.today()}, {os.cpu_count()} CPU cores ({cpu}), "
     f"TensorFlow {tf.__version__}; `python -m experiments.benchmarks.input_rate`.",
     "",
-    "| task | batch (inputs) | load s | batches/s | examples/s | tokens/s | fill |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    f"| task | batch (inputs) | load s | first batch at 0 / at {RESUME_AT:,} s | batches/s "
+    "| examples/s | tokens/s | fill |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for name, r in rows:
     lines.append(
-      f"| {name} | {r['shape']} | {r['load_s']:.1f} | {r['batches/s']:,.0f} | "
+      f"| {name} | {r['shape']} | {r['load_s']:.1f} | "
+      f"{r['resume_0_s']:.2f} / {r['resume_far_s']:.2f} | {r['batches/s']:,.0f} | "
       f"{r['examples/s']:,.0f} | {r['tokens/s']:,.0f} | {r['fill']:.2f} |"
     )
   return "\n".join(lines) + "\n"

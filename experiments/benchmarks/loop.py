@@ -34,8 +34,9 @@ from ml_collections import config_flags
 
 import input_pipeline
 import models
-from experiments.run import checkpoints, optim, sharding, tasks, train
+from experiments.run import build, checkpoints, optim, sharding, tasks, train
 from experiments.run.device_info import machine
+from experiments.run.state import RNG_STREAMS, TRANSIENT_COLLECTIONS
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                    "benchmarks.md")  # fmt: skip
@@ -78,15 +79,15 @@ def minimal_rate(config: ml_collections.ConfigDict, steps: int) -> float:
       train=False,
     )
   params = variables.pop("params")
-  other = {k: v for k, v in variables.items() if k not in train.TRANSIENT_COLLECTIONS}
+  other = {k: v for k, v in variables.items() if k not in TRANSIENT_COLLECTIONS}
   state = train_state.TrainState.create(
     apply_fn=model.apply, params=params, tx=optim.create(config.optimizer, steps)
   )
 
   @jax.jit
   def step(state, batch):
-    rngs = dict(zip(train.RNG_STREAMS, jax.random.split(jax.random.fold_in(
-      jax.random.key(0), state.step), len(train.RNG_STREAMS)), strict=True))  # fmt: skip
+    rngs = dict(zip(RNG_STREAMS, jax.random.split(jax.random.fold_in(
+      jax.random.key(0), state.step), len(RNG_STREAMS)), strict=True))  # fmt: skip
 
     def loss_fn(params):
       logits = state.apply_fn({"params": params, **other}, batch, train=True, rngs=rngs)
@@ -108,14 +109,8 @@ def minimal_rate(config: ml_collections.ConfigDict, steps: int) -> float:
 
 def checkpoint_pause(config: ml_collections.ConfigDict, saves: int = 5) -> dict[str, float]:
   """Median seconds `Checkpoints.save` blocks the loop, and until the save is complete."""
-  datasets = input_pipeline.get_datasets(config.data)
-  model = models.build(config.model, datasets.info)
-  mesh = sharding.make_mesh(config.mesh.shape)
-  tx = optim.create(config.optimizer, config.train.num_steps)
-  example = next(datasets.train_dataset(0).as_numpy_iterator())
+  state = build.build(config).state
   pauses, totals = [], []
-  with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
-    state, _ = train.create_state(config, model, tx, mesh, example)
   with (
     tempfile.TemporaryDirectory() as workdir,
     checkpoints.Checkpoints(workdir, 2, "accuracy", "max") as ckpt,

@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 import models
-from experiments.run import optim, sharding, train
+from experiments.run import build, sharding
 from experiments.run.device_info import machine, matmul_rate
 from input_pipeline.base import TaskInfo
 
@@ -104,16 +104,13 @@ def run(
   t = settings["length"]
   kind = "lm" if name == "decoder_lm" else "seq2seq"
   info = TaskInfo(kind=kind, vocab_size=vocab, max_input_length=t, max_target_length=t)
-  model = models.build(config.model, info)
-  mesh = sharding.make_mesh(config.mesh.shape)
-  tx = optim.create(config.optimizer, 1000)
   batches = _batches(name, batch, t, vocab, steps + warmup)
-  with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
-    state, state_sharding = train.create_state(config, model, tx, mesh, batches[0])
-    step = train.make_steps(config, kind, state_sharding, mesh).train
+  run = build.build(config, info=info, example=batches[0])
+  state, mesh, step = run.state, run.mesh, run.steps.train
+  with nn.logical_axis_rules(run.axis_rules):
     device_batches = [sharding.global_batch(b, mesh) for b in batches]
     executable = step.compile(state, device_batches[0])
-    counts = matmul_params(state.params, model.config)
+    counts = matmul_params(state.params, run.model.config)
     times = []
     for i, b in enumerate(device_batches):
       start = time.perf_counter()

@@ -19,8 +19,7 @@ import ml_collections
 import numpy as np
 
 import input_pipeline
-import models
-from experiments.run import checkpoints, optim, sharding, train
+from experiments.run import build
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,31 +48,19 @@ def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, Any] |
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   datasets = input_pipeline.get_datasets(config.data, workdir=run_dir)
-  info = datasets.info
-  model = models.build(config.model, info)
   example = _example(datasets)
-  mesh = jax.sharding.Mesh(  # one device: a batch of one example
-    np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1),
-    sharding.MESH_AXES,
-    axis_types=(jax.sharding.AxisType.Auto,) * 3,
-  )
-  tx = optim.create(config.optimizer, config.train.num_steps)
-  with nn.logical_axis_rules(tuple(tuple(r) for r in config.mesh.logical_axis_rules)):
-    # The restore target: shapes only (jax.eval_shape of the loop's init), on one device.
-    shapes = jax.eval_shape(lambda: train.create_state(config, model, tx, mesh, example)[0])
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-    metric, mode = train.main_metric(config, info)
-    with checkpoints.Checkpoints(run_dir, config.train.keep_checkpoints, metric, mode) as ckpt:
-      restored = ckpt.restore_best(target)
-      if restored is None:
-        latest = ckpt.restore_latest(target)
-        restored = latest[0] if latest else None
+  run = build.build(config, datasets=datasets, mesh=build.one_device_mesh(), example=example)
+  with nn.logical_axis_rules(run.axis_rules), run.checkpoints(run_dir) as ckpt:
+    restored = ckpt.restore_best(run.state)
+    if restored is None:
+      latest = ckpt.restore_latest(run.state)
+      restored = latest[0] if latest else None
     if restored is None:
       return None
     variables = {"params": restored.params, **(restored.model_state or {})}
-    apply = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))
+    apply = jax.jit(functools.partial(run.model.apply, train=False, mutable=["intermediates"]))
     _, inter = apply(variables, example)
+  info = run.info
   maps = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]:
     names = [str(p.key) for p in path if hasattr(p, "key")]  # dict keys; drops sow's tuple index

@@ -1,6 +1,6 @@
 """One report comparing the points of a sweep (or any runs in the folders of a directory).
 
-    python -m experiments.compare.report DIR [--baseline=NAME] [--test=t|wilcoxon] [--max_maps=N]
+    python -m experiments.compare DIR [--baseline=NAME] [--test=t|wilcoxon] [--max_maps=N]
                                      [--speed=steps_per_sec] [--top=K]
 
 writes DIR/report/: report.md, with the protocol first (seeds, the split that selects, the split
@@ -13,7 +13,6 @@ memory: the Long Range Arena view), attention_<point>.png (one fixed validation 
 per group) and a table of every run. Prints where the report is and the top rows of its table.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -458,31 +457,3 @@ def summary(path: str, top: int = 5) -> str:
 
 def print_summary(path: str, top: int = 5) -> None:
   print(summary(path, top), flush=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("directory", help="a sweep's --workdir (one folder per run)")
-  parser.add_argument("--max_maps", type=int, default=None, help="attention maps of N groups")
-  parser.add_argument(
-    "--speed", default="tokens_per_sec", choices=["tokens_per_sec", "steps_per_sec"]
-  )
-  parser.add_argument("--top", type=int, default=5, help="table rows to print")
-  parser.add_argument(
-    "--baseline", default=None, help="group the others are compared with (default: the first)"
-  )
-  parser.add_argument("--test", default="t", choices=stats.TESTS, help="paired test over seeds")
-  args = parser.parse_args(argv)
-  try:
-    path = write_report(args.directory, args.max_maps, args.speed, args.baseline, args.test)
-  except ValueError as e:  # e.g. a --baseline that names no group
-    parser.exit(2, f"error: {e}\n")
-  print_summary(path, args.top)
-  if os.path.exists(os.path.join(args.directory, "search.json")):  # a hyperparameter search
-    from experiments.compare import search_report
-
-    print(f"search report: {search_report.write_report(args.directory)}", flush=True)
-
-
-if __name__ == "__main__":
-  main()

@@ -55,7 +55,7 @@ import optuna
 from absl import logging
 
 from experiments.compare import report, sweep
-from experiments.run import preemption, train, validate
+from experiments.run import build, preemption, train, validate
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("none", "median", "asha", "hyperband")
@@ -327,7 +327,7 @@ def objective_metric(
     name, mode = space.metric, space.direction
   else:
     info = input_pipeline.get_datasets(config.data, workdir=workdir).info
-    name, mode = train.main_metric(config, info)
+    name, mode = build.main_metric(config, info)
     name, mode = space.metric or name, space.direction or mode
   return (name if name.startswith("eval/") else f"eval/{name}"), mode
 

@@ -1,6 +1,6 @@
 """The report of a hyperparameter search (experiments/compare/search.py): DIR/report/search.md.
 
-    python -m experiments.compare.report DIR      # a search workdir (it holds search.json)
+    python -m experiments.compare DIR      # a search workdir (it holds search.json)
 
 For every study (one per point with --sweep): its trials by state, the best trial (validation
 value, step, folder), Optuna's optimisation history and parameter importances (PED-ANOVA, Watanabe

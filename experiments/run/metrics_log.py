@@ -1,0 +1,111 @@
+"""What a run writes as it trains: metrics.jsonl, TensorBoard (clu) and a progress line per log
+interval, with the throughput of each interval (evaluation time left out)."""
+
+import contextlib
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+
+class MetricsLog:
+  def __init__(self, workdir: str, num_steps: int, start_step: int, wall_before: float):
+    self.primary = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.num_steps = num_steps
+    self.wall_start, self.wall_before = time.time(), wall_before
+    self.train_metrics = None
+    self.tokens_per_step = 0
+    self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
+    self.train_seconds, self.steps_timed = 0.0, 0
+    self.window_rates: list[float] = []  # steps/s of each log interval
+    if self.primary and os.path.exists(self.path):
+      self._drop_after(start_step)
+
+  def wall_seconds(self) -> float:
+    """Training wall time of the run, across its restarts."""
+    return self.wall_before + time.time() - self.wall_start
+
+  def _drop_after(self, step: int) -> None:
+    """Forgets records past the step a run resumes from (written before a crash; redone now)."""
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
+        continue
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+
+  def add(self, metrics) -> None:
+    """A train step's metrics (on the device: merged there, read at the next log step)."""
+    self.train_metrics = (
+      metrics if self.train_metrics is None else self.train_metrics.merge(metrics)
+    )
+    self.window_steps += 1
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    self.writer.write_scalars(step, scalars)
+    if self.primary:
+      with open(self.path, "a") as f:
+        f.write(
+          json.dumps({"step": step, "wall_seconds": round(self.wall_seconds(), 3), **scalars})
+        )
+        f.write("\n")
+
+  def write_train(self, step: int, state) -> None:
+    """Ends a log interval: its mean train metrics, steps/s and tokens/s, and a progress line."""
+    jax.block_until_ready(state)
+    elapsed = self.window_paused + time.perf_counter() - self.window_start
+    self.train_seconds += elapsed
+    self.steps_timed += self.window_steps
+    rate = self.window_steps / elapsed
+    self.window_rates.append(rate)
+    scalars = {f"train/{k}": float(v) for k, v in self.train_metrics.compute().items()}
+    scalars |= {"train/steps_per_sec": rate, "train/tokens_per_sec": rate * self.tokens_per_step}
+    self.write(step, scalars)
+    eta = (self.num_steps - step) / max(rate, 1e-9)
+    logging.info(
+      "step %d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s  ETA %dm%02ds",
+      step, self.num_steps, scalars["train/loss"], rate, scalars["train/tokens_per_sec"],
+      eta // 60, eta % 60,
+    )  # fmt: skip
+    self.train_metrics = None
+    self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
+
+  @contextlib.contextmanager
+  def clock_stopped(self):
+    """Time spent inside (evaluation, checkpoints of the best) is not training time."""
+    self.window_paused += time.perf_counter() - self.window_start
+    try:
+      yield
+    finally:
+      self.window_start = time.perf_counter()
+
+  def throughput(self) -> dict[str, float | None]:
+    seconds = self.train_seconds
+    return {
+      "steps_per_sec": self.steps_timed / seconds if seconds else None,
+      "tokens_per_sec": self.steps_timed * self.tokens_per_step / seconds if seconds else None,
+      # the median log interval after the first: timings that do not include warm-up
+      "steady_steps_per_sec": float(np.median(self.window_rates[1:] or self.window_rates))
+      if self.window_rates
+      else None,
+    }
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.writer.flush()
+    self.writer.close()
