@@ -2,34 +2,16 @@
 
 A task is a function `(data_config, *, workdir, process_index, process_count) -> Datasets`
 (a training stream and the eval splits `SPLITS`: validation selects, test reports), registered
-with `@register("name")` in its own module, imported at the bottom of this file.
+with `@register("name")` (input_pipeline/registry.py) in its own module, imported at the bottom
+of this file.
 """
-
-from collections.abc import Callable
 
 import ml_collections
 
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
+from input_pipeline.registry import REGISTRY, get, register
 
-REGISTRY: dict[str, Callable[..., Datasets]] = {}
-
-__all__ = ["REGISTRY", "SPLITS", "Datasets", "TaskInfo", "get_datasets", "register"]
-
-
-def register(name: str):
-  def wrap(fn):
-    if name in REGISTRY:
-      raise ValueError(f"task {name!r} registered twice")
-    REGISTRY[name] = fn
-    return fn
-
-  return wrap
-
-
-def get(name: str) -> Callable[..., Datasets]:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[name]
+__all__ = ["REGISTRY", "SPLITS", "Datasets", "TaskInfo", "get", "get_datasets", "register"]
 
 
 def get_datasets(

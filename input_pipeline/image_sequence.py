@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
@@ -31,6 +30,7 @@ from input_pipeline.batching import (
   tfds_split,
   tfds_splits,
 )
+from input_pipeline.registry import register
 
 NUM_CLASSES = 10
 PIXEL_OFFSET = 1

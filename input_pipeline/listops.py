@@ -29,7 +29,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
@@ -39,6 +38,7 @@ from input_pipeline.batching import (
   file_identity,
   make_datasets,
 )
+from input_pipeline.registry import register
 from input_pipeline.text import parse_label, read_rows, require_file
 
 NUM_CLASSES = 10

@@ -26,7 +26,6 @@ the first `vocab_max_chars` characters of the training split on first use and ke
 
 import tensorflow_datasets as tfds
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
@@ -38,6 +37,7 @@ from input_pipeline.batching import (
   tfds_split,
   tfds_splits,
 )
+from input_pipeline.registry import register
 from input_pipeline.text import EOS_ID, make_tokenizer, read_lines, require_file, tokenizer_id
 
 TFDS_SPLITS = {"train": "train[:99%]", "validation": "train[99%:]", "test": "test"}  # lm1b

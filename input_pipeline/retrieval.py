@@ -22,9 +22,9 @@ import os
 
 import numpy as np
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import Examples, cache_key, cached, file_identity, make_datasets
+from input_pipeline.registry import register
 from input_pipeline.text import ByteTokenizer, parse_label, read_rows, require_file
 
 NUM_CLASSES = 2

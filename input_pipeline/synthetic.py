@@ -15,8 +15,8 @@ Token ids: 0 = padding, 1 = EOS, 2.. = symbols.
 import ml_collections
 import tensorflow as tf
 
-from input_pipeline import register
 from input_pipeline.base import Datasets, TaskInfo, pad_eval_batches, pick_split
+from input_pipeline.registry import register
 
 EOS_ID = 1
 FIRST_SYMBOL = 2

@@ -29,7 +29,6 @@ of range are errors naming the file and line.
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
@@ -41,6 +40,7 @@ from input_pipeline.batching import (
   tfds_split,
   tfds_splits,
 )
+from input_pipeline.registry import register
 from input_pipeline.text import make_tokenizer, parse_label, read_rows, require_file, tokenizer_id
 
 TFDS_DATASETS = {"imdb_reviews": ("text", "label", 2)}

@@ -39,7 +39,6 @@ from collections.abc import Sequence
 import sacrebleu
 import tensorflow_datasets as tfds
 
-from input_pipeline import register
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
 from input_pipeline.batching import (
   Examples,
@@ -50,6 +49,7 @@ from input_pipeline.batching import (
   make_datasets,
   tfds_split,
 )
+from input_pipeline.registry import register
 from input_pipeline.text import (
   EOS_ID,
   load_or_train_sentencepiece,
