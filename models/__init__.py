@@ -27,31 +27,13 @@ types in `attention/`; the searches in `decoding.py`.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 
 from models import attention
-
-REGISTRY: dict[str, type[nn.Module]] = {}
-
-
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-  def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-    if name in REGISTRY:
-      raise ValueError(f"model family {name!r} registered twice")
-    REGISTRY[name] = cls
-    cls.registry_name = name
-    return cls
-
-  return wrap
-
-
-def get(name: str) -> type[nn.Module]:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[name]
+from models.registry import REGISTRY, get, register  # noqa: F401
 
 
 def known_fields() -> set[str]:

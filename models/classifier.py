@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models import register
 from models.layers import config_from, embed_module
+from models.registry import register
 from models.rnn import CELLS, RNNEncoder
 from models.transformer_blocks import Encoder, StackConfig, validate_stack
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models import register
 from models.decoding import StepFn
 from models.layers import config_from
+from models.registry import register
 from models.transformer_blocks import (
   Decoder,
   StackConfig,
