@@ -5,16 +5,24 @@
         --config.model.attention.name=additive --config.optimizer.learning_rate=1e-3
 
 Several processes (one per host or per GPU): experiments/run/distributed.py, docs/long_runs.md.
+
+Exit status: 0 finished, 2 bad input (one line on stderr: config, flags, workdir), 1 a failure.
+The config is read and checked before TensorFlow is imported and before JAX starts, so a bad
+field fails in about a second.
 """
 
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from experiments.run import config_file
 
 FLAGS = flags.FLAGS
+OVERRIDES: list[str] = []  # the --config.a.b=v arguments, applied by experiments.run.config_file
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/default.py:arg.")
+flags.DEFINE_string(
+  "config", None, "Experiment file, e.g. configs/default.py:arg; fields: --config.a.b=value."
+)
 flags.DEFINE_bool("sweep", False, "Run every point of the experiment file's get_sweep(arg).")
 flags.DEFINE_integer("sweep_parallel", 1, "With --sweep: points run as this many local processes.")
 flags.DEFINE_integer(
@@ -34,9 +42,32 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags, with the --config.a.b=v overrides set aside for `config_file.load`."""
+  rest, OVERRIDES[:] = config_file.split_argv(argv)
+  try:
+    return FLAGS(rest)
+  except flags.Error as e:
+    config_file.fail(e)
+
+
+def load_config():
+  """The experiment file with its overrides, checked (fields, types, ranges) without the data
+  or the devices; exits with one line and status 2 on a bad one."""
+  try:
+    config = config_file.load(FLAGS.config, OVERRIDES)
+    from experiments.run import validate
+
+    validate.check_fields(config)
+  except config_file.ConfigError as e:
+    config_file.fail(e)
+  return config
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config_file.fail(f"unexpected arguments: {argv[1:]}")
+  config = load_config()
   logging.get_absl_handler().addFilter(lambda r: "orbax" not in r.pathname)  # quiet checkpointing
   import tensorflow as tf
 
@@ -54,13 +85,14 @@ def main(argv):
       logging.info(
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
       )
+    overridden = [key for key, _ in config_file.parse_overrides(OVERRIDES)]
+    for warning in validate.ignored_fields(config, overridden):
+      logging.warning("%s", warning)
     if FLAGS.search:
-      experiment = config_flags.get_config_filename(FLAGS["config"])
-      search.run(FLAGS.config, experiment, FLAGS.workdir, search.options_from_flags(FLAGS))
+      search.run(config, FLAGS.config, FLAGS.workdir, search.options_from_flags(FLAGS))
     elif FLAGS.sweep or FLAGS.sweep_point is not None or FLAGS.seeds:
-      experiment = config_flags.get_config_filename(FLAGS["config"])  # "configs/x.py[:arg]"
       statuses = sweep.run(
-        FLAGS.config, experiment, FLAGS.workdir, FLAGS.sweep_parallel, FLAGS.sweep_point,
+        config, FLAGS.config, FLAGS.workdir, FLAGS.sweep_parallel, FLAGS.sweep_point,
         seeds=FLAGS.seeds,
       )  # fmt: skip
       if FLAGS.sweep_point is not None and sweep.FAILED in statuses:
@@ -68,7 +100,7 @@ def main(argv):
       if FLAGS.sweep_point is None and jax.process_index() == 0:
         report.print_summary(report.write_report(FLAGS.workdir))
     else:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      train.train_and_evaluate(config, FLAGS.workdir)  # checks the task's and devices' rules
   except (
     validate.ConfigError,
     distributed.LaunchError,
@@ -76,10 +108,8 @@ def main(argv):
     checkpoints.NoGoodCheckpointError,
     search.SearchError,
   ) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    config_file.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,9 +9,11 @@ of this file.
 import ml_collections
 
 from input_pipeline.base import SPLITS, Datasets, TaskInfo
-from input_pipeline.registry import REGISTRY, get, register
+from input_pipeline.registry import REGISTRY, check, get, register
 
-__all__ = ["REGISTRY", "SPLITS", "Datasets", "TaskInfo", "get", "get_datasets", "register"]
+__all__ = [
+  "REGISTRY", "SPLITS", "Datasets", "TaskInfo", "check", "get", "get_datasets", "register",
+]  # fmt: skip
 
 
 def get_datasets(

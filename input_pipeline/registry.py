@@ -1,4 +1,6 @@
-"""The tasks by name: a task module registers its `get_datasets` function with `@register`."""
+"""The tasks by name: a task module registers its `get_datasets` function with `@register`,
+optionally with `check(data_config)`: its field rules, raising a one-line ValueError, run before
+any data is read (`input_pipeline.check`)."""
 
 import difflib
 from collections.abc import Callable
@@ -6,16 +8,26 @@ from collections.abc import Callable
 from input_pipeline.base import Datasets
 
 REGISTRY: dict[str, Callable[..., Datasets]] = {}
+CHECKS: dict[str, Callable[..., None]] = {}
 
 
-def register(name: str):
+def register(name: str, check: Callable[..., None] | None = None):
   def wrap(fn):
     if name in REGISTRY:
       raise ValueError(f"task {name!r} registered twice")
     REGISTRY[name] = fn
+    if check is not None:
+      CHECKS[name] = check
     return fn
 
   return wrap
+
+
+def check(data_config) -> None:
+  """The task's own field rules (a one-line ValueError); tasks without rules pass."""
+  get(data_config.name)
+  if data_config.name in CHECKS:
+    CHECKS[data_config.name](data_config)
 
 
 def get(name: str) -> Callable[..., Datasets]:

@@ -105,11 +105,7 @@ def _datasets(make_example, info, config, process_index, process_count) -> Datas
 
   def eval_dataset(split: str = "validation") -> tf.data.Dataset:
     pick_split(split, EVAL_STREAMS)
-    if config.eval_examples <= 0:
-      raise ValueError(
-        f"data.eval_examples={config.eval_examples}: a generated task's eval split is its "
-        "stream's first eval_examples examples; set a positive number"
-      )
+    _check_eval_examples(config)
     indices = tf.data.Dataset.range(config.eval_examples).shard(process_count, process_index)
     return pad_eval_batches(examples(split, indices), local)
 
@@ -120,10 +116,45 @@ def _datasets(make_example, info, config, process_index, process_count) -> Datas
   return Datasets(train_dataset, eval_dataset, info, splits)
 
 
+def _check_eval_examples(config) -> None:
+  if config.eval_examples <= 0:
+    raise ValueError(
+      f"data.eval_examples={config.eval_examples}: a generated task's eval split is its "
+      "stream's first eval_examples examples; set a positive number"
+    )
+
+
+def check_sequences(config) -> None:
+  """Fields of copy / reverse / sort: a vocabulary beyond padding and EOS, 1 <= min <= max."""
+  if config.vocab_size < FIRST_SYMBOL + 1:
+    raise ValueError(
+      f"data.vocab_size={config.vocab_size} leaves no symbols (0 is padding, 1 EOS); set >= "
+      f"{FIRST_SYMBOL + 1}"
+    )
+  if not 1 <= config.min_length <= config.max_length:
+    raise ValueError(
+      f"data.min_length={config.min_length}, data.max_length={config.max_length}: need "
+      "1 <= min_length <= max_length"
+    )
+  _check_eval_examples(config)
+
+
+def check_recall(config) -> None:
+  """Fields of associative_recall: distinct keys for every pair, at least two classes."""
+  if not 1 <= config.num_pairs <= config.num_keys:
+    raise ValueError(
+      f"data.num_pairs={config.num_pairs} must be in [1, data.num_keys={config.num_keys}]"
+    )
+  if config.num_classes < 2:
+    raise ValueError(f"data.num_classes={config.num_classes} must be >= 2")
+  _check_eval_examples(config)
+
+
 def _register_seq2seq(name: str, transform) -> None:
-  @register(name)
+  @register(name, check=check_sequences)
   def task(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
     del workdir
+    check_sequences(config)
     info = TaskInfo(
       kind="seq2seq",
       vocab_size=config.vocab_size,
@@ -147,12 +178,11 @@ _register_seq2seq("reverse", _reverse)
 _register_seq2seq("sort", _sort)
 
 
-@register("associative_recall")
+@register("associative_recall", check=check_recall)
 def associative_recall(config, *, workdir=None, process_index=0, process_count=1) -> Datasets:
   """Recall the value bound to a queried key (fields: num_pairs, num_keys, num_classes)."""
   del workdir
-  if config.num_pairs > config.num_keys:
-    raise ValueError(f"data.num_pairs={config.num_pairs} must be <= data.num_keys")
+  check_recall(config)
   info = TaskInfo(
     kind="classification",
     vocab_size=FIRST_SYMBOL + config.num_keys + config.num_classes + 1,

@@ -26,8 +26,8 @@ def _set(path, value):
 
 
 BAD = [
-  ("data.name", "nope", r"unknown data.name 'nope'; valid: .*reverse"),
-  ("model.name", "nope", r"unknown model.name 'nope'; valid: .*transformer"),
+  ("data.name", "nope", r"data.name: unknown task 'nope'; valid: .*reverse"),
+  ("model.name", "nope", r"model.name: unknown model 'nope'; valid: .*transformer"),
   ("model.attention.name", "nope", r"unknown attention 'nope'; valid: .*scaled_dot"),
   ("model.attention.windw", 3, r"no field\(s\) \['windw'\]"),
   ("optimizer.name", "lamb2", r"unknown optimizer.name 'lamb2'; valid: adamw"),

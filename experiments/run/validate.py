@@ -1,18 +1,22 @@
 """Config checks that run before anything compiles; each failure is one line saying what to change.
 
+`check_fields` needs neither the data nor the devices (main.py runs it before TensorFlow is
+imported and before JAX starts); `check_config` adds the task's and the devices' rules.
 `ConfigError` is caught by main.py, which prints the message and exits with status 2.
 """
 
 import json
 import os
 import shutil
+from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
-import input_pipeline
 import models
 from experiments.run import optim, sharding
+from experiments.run.config_file import ATTENTION, ConfigError, allowed_types, attention_fields
 from models import attention
 
 DTYPES = ("float32", "bfloat16")
@@ -20,10 +24,6 @@ NONFINITE = ("stop", "skip")
 MIN_FREE_BYTES = 64 * 2**20
 # Fields that change parameter shapes or the data stream; a resumed run may not change them.
 SHAPE_SECTIONS = ("model", "data")
-
-
-class ConfigError(ValueError):
-  pass
 
 
 def _require(ok: bool, message: str) -> None:
@@ -39,21 +39,37 @@ def _positive(config: ml_collections.ConfigDict, *paths: str) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Names, ranges and device layout — everything that needs no data."""
+  """Names, ranges, the task's own rules and the device layout — everything before the data."""
+  import input_pipeline  # TensorFlow: after check_fields, which main.py runs without it
+
+  for message in check_fields(config):
+    logging.warning("%s", message)
+  try:
+    input_pipeline.get(config.data.name)
+  except ValueError as e:
+    raise ConfigError(f"data.name: {e}") from None
+  try:
+    input_pipeline.check(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e) if str(e).startswith("data.") else f"data: {e}") from None
+  check_devices(config)
+
+
+def check_fields(config: ml_collections.ConfigDict) -> list[str]:
+  """Names, types, ranges and cross-field rules that need neither data nor devices; returns
+  warnings (settings that do nothing)."""
   for section in ("data", "model", "optimizer", "train", "mesh"):
     _require(section in config, f"config has no '{section}' section; start from configs/default.py")
-  _require(
-    config.data.name in input_pipeline.REGISTRY,
-    f"unknown data.name {config.data.name!r}; valid: {', '.join(sorted(input_pipeline.REGISTRY))}",
-  )
-  _require(
-    config.model.name in models.REGISTRY,
-    f"unknown model.name {config.model.name!r}; valid: {', '.join(sorted(models.REGISTRY))}",
-  )
+  try:
+    models.get(config.model.name)
+  except ValueError as e:
+    raise ConfigError(f"model.name: {e}") from None
   try:
     attention.build(config.model.attention)
   except ValueError as e:
     raise ConfigError(f"model.attention: {e}") from None
+  _check_model_fields(config.model)
+  warnings = _check_attention_fields(config.model)
   _require(
     config.optimizer.name in optim.OPTIMIZERS,
     f"unknown optimizer.name {config.optimizer.name!r}; valid: {', '.join(optim.OPTIMIZERS)}",
@@ -93,6 +109,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     len(profile) == 2 and all(isinstance(v, int) and v >= 0 for v in profile),
     f"train.profile_steps={profile}; give START,COUNT (two integers >= 0; COUNT 0: no profile)",
   )
+  return warnings
+
+
+def check_devices(config: ml_collections.ConfigDict) -> None:
+  """The mesh fits the devices and the batch splits over them (starts JAX's backends)."""
   try:
     shape = sharding.mesh_shape(config.mesh.shape, jax.device_count())
   except ValueError as e:
@@ -124,6 +145,105 @@ def check_config_for_task(config: ml_collections.ConfigDict, info) -> None:
   )
   beam = config.get("decode", {}).get("beam_size", 1)
   _require(beam >= 1, f"decode.beam_size={beam} must be >= 1")
+
+
+# Ranges of `config.model` fields, where the chosen family has them.
+MODEL_POSITIVE = ("emb_dim", "num_heads", "qkv_dim", "mlp_dim", "max_len", "num_layers")
+MODEL_NONNEGATIVE = ("num_encoder_layers", "num_decoder_layers", "hidden_dim", "classifier_dim")
+MODEL_RATES = ("dropout_rate", "attention_dropout_rate")  # probabilities in [0, 1)
+# Ranges of attention type fields by name (a name means the same thing in every type).
+ATTENTION_POSITIVE = (
+  "window", "block_size", "bucket_size", "chunk_size", "key_chunk_size", "query_chunk_size",
+  "kernel_size", "num_filters", "num_features", "k", "max_length", "stride", "sinkhorn_iters",
+  "num_hashes", "num_window_blocks", "top_k", "num_kv_heads", "hidden_size",
+)  # fmt: skip
+ATTENTION_NONNEGATIVE = ("num_global_blocks", "num_random_blocks", "global_tokens", "num_summary")
+# Fields of sparse patterns that cover a whole sequence of `model.max_len` at this size or more.
+COVERS_SEQUENCE = {
+  "sliding_window": "window", "longformer": "window", "local": "window", "sparse_fixed": "stride",
+  "lsh": "bucket_size", "sinkhorn": "block_size",
+}  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_model_fields(model: ml_collections.ConfigDict) -> None:
+  for field in MODEL_POSITIVE + MODEL_NONNEGATIVE:
+    if field in model:
+      value, low = model[field], 1 if field in MODEL_POSITIVE else 0
+      _require(
+        _is_int(value) and value >= low, f"model.{field}={value!r} must be an integer >= {low}"
+      )
+  for field in MODEL_RATES:
+    value = model.get(field, 0.0)
+    _require(
+      isinstance(value, int | float) and 0 <= value < 1,
+      f"model.{field}={value!r} must be a probability in [0, 1)",
+    )
+
+
+def _check_attention_fields(model: ml_collections.ConfigDict) -> list[str]:
+  """Types and ranges of the chosen attention type's fields; warns where a sparse pattern covers
+  the whole sequence (it then computes dense attention at a sparse type's cost)."""
+  name = model.attention.name
+  fields = attention_fields(name)
+  values = {f: model.attention.get(f, default) for f, (_, default) in fields.items()}
+  for field, value in values.items():
+    where = f"{ATTENTION}.{field}={value!r}"
+    kinds = allowed_types(fields[field][0])
+    ok = any(
+      (k is float and isinstance(value, int | float) and not isinstance(value, bool))
+      or (k is int and _is_int(value))
+      or (k not in (int, float) and isinstance(value, k))
+      for k in kinds
+    )
+    names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+    _require(ok or not kinds, f"{where}: attention {name!r} expects {names}")
+    if value is None:
+      continue
+    if field in ATTENTION_POSITIVE:
+      _require(value >= 1, f"{where} must be >= 1 (attention {name!r})")
+    if field in ATTENTION_NONNEGATIVE:
+      _require(value >= 0, f"{where} must be >= 0 (attention {name!r})")
+    if field == "temperature":
+      _require(value > 0, f"{where} must be > 0 (it divides the scores)")
+  if values.get("num_kv_heads") is not None and "num_heads" in model:
+    from models.attention import scaled_dot
+
+    try:
+      scaled_dot.check_kv_heads(model.num_heads, values["num_kv_heads"])
+    except ValueError as e:
+      raise ConfigError(f"{ATTENTION}.num_kv_heads: {e} (model.num_heads)") from None
+  warnings = []
+  covering = COVERS_SEQUENCE.get(name)
+  max_len = model.get("max_len")
+  if covering and _is_int(max_len) and values[covering] >= max_len:
+    warnings.append(
+      f"{ATTENTION}.{covering}={values[covering]} covers the whole sequence (model.max_len="
+      f"{max_len}): {name!r} computes dense attention; lower it to compare a sparse pattern"
+    )
+  return warnings
+
+
+def ignored_fields(config: ml_collections.ConfigDict, keys: list[str]) -> list[str]:
+  """Warnings for the `model.*` keys of `keys` (e.g. command-line overrides) that the chosen
+  family does not read."""
+  import dataclasses
+
+  try:
+    cls = models.get(config.model.name)
+  except ValueError:
+    return []
+  read = {f.name for f in dataclasses.fields(cls.config_class)} | {"name"}
+  out = []
+  for key in keys:
+    section, _, field = key.partition(".")
+    field = field.split(".")[0]
+    if section == "model" and field and field not in read:
+      out.append(f"model.{field} is not read by model {config.model.name!r}: it has no effect")
+  return out
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
