@@ -1,6 +1,6 @@
 """Greedy, beam search, sampling and attention maps, on hand-built and tiny real models."""
 
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import models
+from input_pipeline.base import TaskInfo
 from models import decoding
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -147,15 +148,16 @@ def test_filter_logits_top_k_and_top_p():
 # ------------------------------------------------------------------------------ real models
 
 
-@dataclasses.dataclass(frozen=True)
-class Info:
-  kind: str = "seq2seq"
-  vocab_size: int = 11
-  target_vocab_size: int | None = None
-  num_classes: int | None = None
-  max_input_length: int = 6
-  max_target_length: int = 6
-  eos_id: int = EOS
+Info = functools.partial(
+  TaskInfo,
+  kind="seq2seq",
+  vocab_size=11,
+  target_vocab_size=None,
+  num_classes=None,
+  max_input_length=6,
+  max_target_length=6,
+  eos_id=EOS,
+)
 
 
 BATCH = {

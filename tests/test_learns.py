@@ -8,7 +8,6 @@ Metrics are the tasks' own (`experiments.run.tasks`): sequence accuracy, or for 
 accuracy on the repeated half.
 """
 
-import dataclasses
 import functools
 
 import flax.linen as nn
@@ -20,19 +19,20 @@ import pytest
 
 import models
 from experiments.run import tasks
+from input_pipeline.base import TaskInfo
 
 N, STEPS = 32, 200
 
 
-@dataclasses.dataclass(frozen=True)
-class Info:
-  kind: str
-  vocab_size: int = 8
-  target_vocab_size: int | None = None
-  num_classes: int | None = 3
-  max_input_length: int = 6
-  max_target_length: int | None = 4
-  eos_id: int = 1
+Info = functools.partial(
+  TaskInfo,
+  vocab_size=8,
+  target_vocab_size=None,
+  num_classes=3,
+  max_input_length=6,
+  max_target_length=4,
+  eos_id=1,
+)
 
 
 def _tiny(name: str, **kw) -> dict:

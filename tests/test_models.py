@@ -6,7 +6,7 @@ accepts it, and every family runs with `scaled_dot`; `MODELS_FULL_MATRIX=1` runs
 with every fitting attention type.
 """
 
-import dataclasses
+import functools
 import os
 
 import flax.linen as nn
@@ -17,6 +17,7 @@ import pytest
 
 import models
 from configs.common import LONG_RANGE_TYPES
+from input_pipeline.base import TaskInfo
 from models import attention
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -31,15 +32,16 @@ KINDS = {
 LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "vocab", "length", None}
 
 
-@dataclasses.dataclass(frozen=True)
-class Info:
-  kind: str = "seq2seq"
-  vocab_size: int = 11
-  target_vocab_size: int | None = None
-  num_classes: int | None = 3
-  max_input_length: int = 6
-  max_target_length: int | None = 5
-  eos_id: int = 1
+Info = functools.partial(
+  TaskInfo,
+  kind="seq2seq",
+  vocab_size=11,
+  target_vocab_size=None,
+  num_classes=3,
+  max_input_length=6,
+  max_target_length=5,
+  eos_id=1,
+)
 
 
 def tiny(name: str, attention_name: str = "scaled_dot", **kw) -> dict:

@@ -1,6 +1,6 @@
 """Transformer encoder-decoder: train step, cached decoding, packing, config checks, size."""
 
-import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,20 +9,22 @@ import numpy as np
 import pytest
 
 import models
+from input_pipeline.base import TaskInfo
 from models.transformer import Transformer
 
 jax.config.update("jax_disable_most_optimizations", True)
 
 
-@dataclasses.dataclass(frozen=True)
-class Info:
-  kind: str = "seq2seq"
-  vocab_size: int = 13
-  target_vocab_size: int | None = None
-  num_classes: int | None = None
-  max_input_length: int = 8
-  max_target_length: int = 8
-  eos_id: int = 1
+Info = functools.partial(
+  TaskInfo,
+  kind="seq2seq",
+  vocab_size=13,
+  target_vocab_size=None,
+  num_classes=None,
+  max_input_length=8,
+  max_target_length=8,
+  eos_id=1,
+)
 
 
 def model_config(**kw):
