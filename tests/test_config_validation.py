@@ -85,11 +85,24 @@ def test_unwritable_workdir(tmp_path):
 
 def test_shape_changing_config_refused_on_resume(tmp_path):
   validate.prepare_workdir(str(tmp_path), tiny_config())
+  assert not (tmp_path / "config.json").exists()  # written once the run has started
+  validate.write_config(str(tmp_path), tiny_config())
   changed = tiny_config()
   changed.model.emb_dim = 64
   with pytest.raises(validate.ConfigError, match=r"differs in model.emb_dim"):
     validate.prepare_workdir(str(tmp_path), changed)
   validate.prepare_workdir(str(tmp_path), tiny_config(steps=48))  # more steps is fine
+  moved = tiny_config()
+  with moved.data.unlocked(), moved.data.ignore_type():
+    moved.data.data_dir, moved.data.train_path = "/elsewhere", "/elsewhere/train.txt"
+  validate.prepare_workdir(str(tmp_path), moved)  # the same data read from another place
+
+
+def test_damaged_config_json_is_one_line(tmp_path):
+  (tmp_path / "config.json").write_text('{"model": {"emb_')
+  with pytest.raises(validate.ConfigError, match=r"config.json is unreadable .*delete it") as err:
+    validate.prepare_workdir(str(tmp_path), tiny_config())
+  assert "\n" not in str(err.value)
 
 
 def test_main_exits_with_one_line(tmp_path):

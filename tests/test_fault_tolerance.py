@@ -257,7 +257,7 @@ def test_nonfinite_stop_exits_2_and_keeps_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_main_refuses_changed_shapes_unwritable_workdir_and_half_a_launch(tmp_path):
   """All fail before any training, with exit status 2 and one line saying what to do."""
-  validate.prepare_workdir(str(tmp_path / "old"), default.get_config())  # an earlier run's config
+  validate.write_config(str(tmp_path / "old"), default.get_config())  # an earlier run's config
   (tmp_path / "file").write_text("")
   changed = Main(tmp_path / "old", *TINY_FLAGS, "--config.train.num_steps=5")
   blocked = Main(tmp_path / "file" / "run", *TINY_FLAGS, "--config.train.num_steps=5")

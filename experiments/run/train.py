@@ -36,6 +36,7 @@ from experiments.run import (
 )
 from experiments.run.metrics_log import MetricsLog
 from experiments.run.profile import Profile
+from experiments.run.workdir import exclusive
 
 
 class NonFiniteError(RuntimeError):
@@ -123,9 +124,11 @@ def train_and_evaluate(
   saved, status "pruned": a hyperparameter search's pruner).
   """
   validate.check_config(config)
-  validate.prepare_workdir(workdir, config)
   num_steps = config.train.num_steps
   with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
+    if jax.process_index() == 0:
+      stack.enter_context(exclusive(workdir))  # a second run on this workdir exits here
+    validate.prepare_workdir(workdir, config)
     stack.enter_context(preemption.handlers())  # a signal from here on: save and stop
     run = build.build(config, workdir=workdir)
     stack.enter_context(nn.logical_axis_rules(run.axis_rules))
@@ -146,6 +149,7 @@ def train_and_evaluate(
     run.steps.train.compile(state, batch)
     run.steps.eval.compile(state, sharding.global_batch(selection.validation[0], run.mesh))
     logging.info("%d parameters; compiled in %.1fs", run.num_params, run.steps.compile_seconds)
+    validate.write_config(workdir, config)  # only once the run has started
     log = stack.enter_context(MetricsLog(workdir, num_steps, start_step, meta["wall_seconds"]))
     log.tokens_per_step = tasks.batch_tokens(batch)
     profile = stack.enter_context(Profile(workdir, *config.train.get("profile_steps", (0, 0))))

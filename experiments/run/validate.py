@@ -24,6 +24,8 @@ NONFINITE = ("stop", "skip")
 MIN_FREE_BYTES = 64 * 2**20
 # Fields that change parameter shapes or the data stream; a resumed run may not change them.
 SHAPE_SECTIONS = ("model", "data")
+# ... except where the data are read from (a copied dataset is the same data).
+PATH_SUFFIXES = ("_dir", "_path", "_paths")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -266,8 +268,13 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(
+        f"{path} is unreadable ({e}); restore it, or delete it to resume with this command's config"
+      ) from None
     changed = sorted(
       key
       for section in SHAPE_SECTIONS
@@ -279,9 +286,16 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       f"workdir {workdir!r} holds a run whose config differs in {', '.join(keys)}; "
       "use a new --workdir for a fresh start",
     )
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """`workdir/config.json`, once a run has started (a failed start leaves none to refuse the
+  corrected command)."""
   if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
     with open(path + ".tmp", "w") as f:
-      json.dump(new, f, indent=2)
+      json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
     os.replace(path + ".tmp", path)
 
 
@@ -289,5 +303,8 @@ def _flat(tree: dict, prefix: str) -> dict[str, str]:
   out = {}
   for k, v in tree.items():
     key = f"{prefix}.{k}"
-    out |= _flat(v, key) if isinstance(v, dict) else {key: json.dumps(v)}
+    if isinstance(v, dict):
+      out |= _flat(v, key)
+    elif not k.endswith(PATH_SUFFIXES):
+      out[key] = json.dumps(v)
   return out

@@ -1,0 +1,42 @@
+"""One run per workdir: an exclusive lock on `workdir/.lock`, released by the OS when its holder
+exits or dies (kill -9 included), so a stale lock never blocks.
+
+    with workdir.exclusive(path):   # a second process exits: "... in use by process 1234 ..."
+      train...
+"""
+
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+
+from experiments.run.config_file import ConfigError
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str) -> Iterator[None]:
+  """Holds `workdir`'s lock (creating the directory); raises ConfigError naming the holder."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise ConfigError(
+      f"workdir {workdir!r} is not writable ({e.strerror}); pick another --workdir"
+    ) from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ConfigError(
+        f"workdir {workdir!r} is in use by {holder}; wait for it to finish, stop it, or pick "
+        "another --workdir"
+      ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
