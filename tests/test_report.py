@@ -213,3 +213,14 @@ def test_report_of_a_real_sweep_has_every_file_row_and_column(tmp_path, capsys):
     compare_cli.main([str(runs), "--baseline=nope"])
   assert stopped.value.code == 2
   assert "--baseline='nope' matches no group" in capsys.readouterr().err
+
+
+def test_damaged_results_and_metrics_are_left_out_with_a_warning(tmp_path, caplog):
+  for name, best in (("a", 2.0), ("b", 1.0)):
+    fake_run(tmp_path, name, best=best, final=best)
+  (tmp_path / "a" / "results.json").write_text('{"config": {"se')  # cut short
+  (tmp_path / "b" / "metrics.jsonl").write_bytes(b'\xff\xfe[1, 2]\n"x"\n{"step": 5, "eval/l\n')
+  report.write_report(str(tmp_path))
+  statuses = {r["point"]: r["status"] for r in read_csv(tmp_path / "report" / "results.csv")}
+  assert statuses == {"a": "unreadable results.json (JSONDecodeError)", "b": "finished"}
+  assert "unreadable run files" in caplog.text and str(tmp_path / "a") in caplog.text

@@ -22,15 +22,15 @@ def eval_curve(run_dir: str, metric: str) -> tuple[list[int], list[float], list[
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.exists(path):
     return steps, walls, values
-  with open(path) as f:
+  with open(path, errors="replace") as f:
     for line in f:
       try:
         record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by a crash
+      except ValueError:  # a line cut short by a crash, or garbled
         continue
-      if metric in record:
+      if isinstance(record, dict) and metric in record and "step" in record:
         steps.append(record["step"])
-        walls.append(record["wall_seconds"])
+        walls.append(record.get("wall_seconds"))
         values.append(record[metric])
   return steps, walls, values
 

@@ -73,8 +73,10 @@ def _progress(run: str) -> str:
   """'step N/M' of an unfinished run, from its metrics.jsonl and config.json."""
   steps = plots.eval_curve(run, "step")[0]  # every record has a step
   total = None
-  if os.path.exists(os.path.join(run, "config.json")):
+  try:
     total = _read_json(os.path.join(run, "config.json")).get("train", {}).get("num_steps")
+  except (OSError, ValueError, AttributeError):  # none yet, or damaged
+    pass
   return f"step {steps[-1] if steps else 0}/{total or '?'}"
 
 
@@ -93,45 +95,60 @@ def collect(directory: str) -> list[dict[str, Any]]:
     if not (has("config.json") or has("overrides.json")):
       continue
     row: dict[str, Any] = {"point": name, "dir": run, "swept": {}}
-    if has("overrides.json"):
-      row["swept"] = _read_json(os.path.join(run, "overrides.json"))
-    if has("results.json"):
-      r = _read_json(os.path.join(run, "results.json"))
-      main = r["main_metric"]
-      test = r.get("test") or {}
-      row |= {
-        "status": r.get("status", "finished"),
-        "seed": row["swept"].get("seed", r["config"].get("seed")),
-        "steps": r["step"],
-        "main_metric": main,
-        "final": r["metrics"].get(main),
-        "best": (r.get("best") or r["metrics"]).get(main),
-        "best_step": r.get("best_step"),
-        "test": test.get(main.replace("eval/", "test/", 1)),
-        "test_metrics": test,
-        "splits": r.get("splits", {}),
-        "eval_loss": r["metrics"].get("eval/loss"),
-        "params": r["params"],
-        "steps_per_sec": r["throughput"]["steps_per_sec"],
-        "steady_steps_per_sec": r["throughput"].get("steady_steps_per_sec"),
-        "tokens_per_sec": r["throughput"]["tokens_per_sec"],
-        "flops_per_step": r.get("flops_per_step"),
-        "peak_memory_mib": r["peak_memory_bytes"] / 2**20,
-        "compile_seconds": r["compile_seconds"],
-        "wall_seconds": r["wall_seconds"],
-        "curve": list(zip(*plots.eval_curve(run, main)[::2], strict=True)),
-      }
-      steady = row["steady_steps_per_sec"]
-      per_step = row["tokens_per_sec"] / row["steps_per_sec"] if row["steps_per_sec"] else None
-      row["steady_tokens_per_sec"] = steady * per_step if steady and per_step else None
-    elif has("error.txt"):
-      row["status"] = f"failed: {_error_line(os.path.join(run, 'error.txt'))}"
-    elif time.time() - _newest_write(run) < RUNNING_SECONDS:
-      row["status"] = f"running ({_progress(run)})"
-    else:
-      row["status"] = f"incomplete ({_progress(run)})"
+    try:
+      if has("overrides.json"):
+        row["swept"] = _read_json(os.path.join(run, "overrides.json"))
+      if has("results.json"):
+        row |= _results_row(run, row)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      logging.warning("%s: unreadable run files (%s: %s); left out", run, type(e).__name__, e)
+      row["status"] = f"unreadable results.json ({type(e).__name__})"
+    if "status" not in row:
+      row["status"] = _unfinished_status(run, has("error.txt"))
     rows.append(row)
   return _sorted(rows)
+
+
+def _unfinished_status(run: str, failed: bool) -> str:
+  if failed:
+    return f"failed: {_error_line(os.path.join(run, 'error.txt'))}"
+  if time.time() - _newest_write(run) < RUNNING_SECONDS:
+    return f"running ({_progress(run)})"
+  return f"incomplete ({_progress(run)})"
+
+
+def _results_row(run: str, row: dict[str, Any]) -> dict[str, Any]:
+  """The report's fields from a run's results.json (raises if it is damaged)."""
+  r = _read_json(os.path.join(run, "results.json"))
+  row = dict(row)
+  main = r["main_metric"]
+  test = r.get("test") or {}
+  row |= {
+    "status": r.get("status", "finished"),
+    "seed": row["swept"].get("seed", r["config"].get("seed")),
+    "steps": r["step"],
+    "main_metric": main,
+    "final": r["metrics"].get(main),
+    "best": (r.get("best") or r["metrics"]).get(main),
+    "best_step": r.get("best_step"),
+    "test": test.get(main.replace("eval/", "test/", 1)),
+    "test_metrics": test,
+    "splits": r.get("splits", {}),
+    "eval_loss": r["metrics"].get("eval/loss"),
+    "params": r["params"],
+    "steps_per_sec": r["throughput"]["steps_per_sec"],
+    "steady_steps_per_sec": r["throughput"].get("steady_steps_per_sec"),
+    "tokens_per_sec": r["throughput"]["tokens_per_sec"],
+    "flops_per_step": r.get("flops_per_step"),
+    "peak_memory_mib": r["peak_memory_bytes"] / 2**20,
+    "compile_seconds": r["compile_seconds"],
+    "wall_seconds": r["wall_seconds"],
+    "curve": list(zip(*plots.eval_curve(run, main)[::2], strict=True)),
+  }
+  steady = row["steady_steps_per_sec"]
+  per_step = row["tokens_per_sec"] / row["steps_per_sec"] if row["steps_per_sec"] else None
+  row["steady_tokens_per_sec"] = steady * per_step if steady and per_step else None
+  return row
 
 
 def main_metric(rows: list[dict[str, Any]]) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 interval, with the throughput of each interval (evaluation time left out)."""
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ class MetricsLog:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.num_steps = num_steps
     self.wall_start, self.wall_before = time.time(), wall_before
-    self.train_metrics = None
+    self.train_metrics = []
     self.tokens_per_step = 0
     self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
     self.train_seconds, self.steps_timed = 0.0, 0
@@ -33,25 +34,26 @@ class MetricsLog:
 
   def _drop_after(self, step: int) -> None:
     """Forgets records past the step a run resumes from (written before a crash; redone now)."""
-    with open(self.path) as f:
+    with open(self.path, errors="replace") as f:
       lines = f.readlines()
-    kept = []
+    kept, unreadable = [], 0
     for line in lines:
       try:
         if json.loads(line)["step"] <= step:
           kept.append(line)
-      except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
-        continue
+      except (ValueError, KeyError, TypeError, IndexError):  # cut short by a crash, or garbled
+        unreadable += 1
+    if unreadable:
+      logging.warning("%s: %d unreadable line(s) dropped", self.path, unreadable)
     if len(kept) != len(lines):
       with open(self.path + ".tmp", "w") as f:
         f.writelines(kept)
       os.replace(self.path + ".tmp", self.path)
 
   def add(self, metrics) -> None:
-    """A train step's metrics (on the device: merged there, read at the next log step)."""
-    self.train_metrics = (
-      metrics if self.train_metrics is None else self.train_metrics.merge(metrics)
-    )
+    """A train step's metrics, kept on the device as they are (merging them would dispatch
+    small programs every step): merged and read at the next log step."""
+    self.train_metrics.append(metrics)
     self.window_steps += 1
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -71,7 +73,8 @@ class MetricsLog:
     self.steps_timed += self.window_steps
     rate = self.window_steps / elapsed
     self.window_rates.append(rate)
-    scalars = {f"train/{k}": float(v) for k, v in self.train_metrics.compute().items()}
+    merged = functools.reduce(lambda a, b: a.merge(b), self.train_metrics)
+    scalars = {f"train/{k}": float(v) for k, v in merged.compute().items()}
     scalars |= {"train/steps_per_sec": rate, "train/tokens_per_sec": rate * self.tokens_per_step}
     self.write(step, scalars)
     eta = (self.num_steps - step) / max(rate, 1e-9)
@@ -80,7 +83,7 @@ class MetricsLog:
       step, self.num_steps, scalars["train/loss"], rate, scalars["train/tokens_per_sec"],
       eta // 60, eta % 60,
     )  # fmt: skip
-    self.train_metrics = None
+    self.train_metrics = []
     self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
 
   @contextlib.contextmanager
