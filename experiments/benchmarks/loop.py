@@ -11,12 +11,18 @@ the pause an (asynchronous) checkpoint save puts in it.
   metrics, no checks), timed over the same windows.
 * The two alternate `--rounds` times in one process (the medians are reported), so a busy
   machine slows both alike.
+* bare step: the loop's compiled train step called back to back on batches already on the
+  devices (the loop's step time over this: its overhead, target <= 1.05x).
+* idle gap: the device's pauses between steps inside the loop, from a profile.
 * checkpoint pause: how long `Checkpoints.save` holds the loop (the device-to-host copy; orbax
   writes in the background) and how long the save takes to complete, median of 5 saves.
 
 `--write` replaces the `## Training loop` section of docs/benchmarks.md (kept by `make bench`).
 """
 
+import glob
+import gzip
+import json
 import os
 import re
 import statistics
@@ -42,6 +48,7 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
                    "benchmarks.md")  # fmt: skip
 SECTION = "Training loop"
 
+BARE_BATCHES = 20  # distinct batches the bare step cycles through
 FLAGS = flags.FLAGS
 
 
@@ -107,6 +114,54 @@ def minimal_rate(config: ml_collections.ConfigDict, steps: int) -> float:
   return statistics.median(rates[1:] or rates)
 
 
+def bare_rate(config: ml_collections.ConfigDict, steps: int) -> float:
+  """Steady-state steps/s of the loop's own compiled train step called back to back on batches
+  already on the devices: the step without the loop around it."""
+  run = build.build(config)
+  stream = run.datasets.train_dataset(0).as_numpy_iterator()
+  batches = [sharding.global_batch(next(stream), run.mesh) for _ in range(BARE_BATCHES)]
+  state, _ = run.steps.train(run.state, batches[0])
+  jax.block_until_ready(state)
+  window, rates = steps // 5, []
+  for _ in range(5):
+    t = time.perf_counter()
+    for i in range(window):
+      state, _ = run.steps.train(state, batches[i % BARE_BATCHES])
+    jax.block_until_ready(state)
+    rates.append(window / (time.perf_counter() - t))
+  return statistics.median(rates[1:])
+
+
+def idle_gap(config: ml_collections.ConfigDict, steps: int, count: int = 20) -> dict[str, float]:
+  """The time the device waits between train steps inside the loop, from a profile of `count`
+  steps in its middle (`train.profile_steps`): the train step's ops sorted by start, the
+  `count - 1` longest pauses between them are the gaps between steps."""
+  config = config.copy_and_resolve_references()
+  first = steps // 2
+  config.train.update(num_steps=steps, log_every_steps=steps // 5, eval_every_steps=steps,
+                      checkpoint_every_steps=steps, profile_steps=(first, count))  # fmt: skip
+  with tempfile.TemporaryDirectory() as workdir:
+    train.train_and_evaluate(config, workdir)
+    (path,) = glob.glob(os.path.join(workdir, "profile", "**", "perfetto_trace.json.gz"),
+                        recursive=True)  # fmt: skip
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  ops = sorted(
+    (e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_module", "")
+     == "jit_train_step"),
+    key=lambda e: e["ts"],
+  )  # fmt: skip
+  gaps, end = [], ops[0]["ts"] + ops[0]["dur"]
+  for e in ops[1:]:
+    gaps.append(max(e["ts"] - end, 0.0))
+    end = max(end, e["ts"] + e["dur"])
+  between = sorted(gaps, reverse=True)[: count - 1]
+  span_ms = (end - ops[0]["ts"]) / 1e3
+  return {"gap_ms": statistics.median(between) / 1e3, "step_ms": span_ms / count,
+          "idle_share": sum(between) / 1e3 / span_ms}  # fmt: skip
+
+
 def checkpoint_pause(config: ml_collections.ConfigDict, saves: int = 5) -> dict[str, float]:
   """Median seconds `Checkpoints.save` blocks the loop, and until the save is complete."""
   state = build.build(config).state
@@ -127,17 +182,21 @@ def checkpoint_pause(config: ml_collections.ConfigDict, saves: int = 5) -> dict[
 
 
 def measure(config, steps: int, rounds: int) -> dict[str, Any]:
-  loop, minimal = [], []
+  loop, minimal, bare = [], [], []
   for r in range(rounds):
     loop.append(loop_rate(config, steps))
     minimal.append(minimal_rate(config, steps))
-    print(f"round {r + 1}: loop {loop[-1]:.1f} steps/s, minimal {minimal[-1]:.1f}", flush=True)
+    bare.append(bare_rate(config, steps))
+    print(f"round {r + 1}: loop {loop[-1]:.1f} steps/s, minimal {minimal[-1]:.1f}, "
+          f"bare step {bare[-1]:.1f}", flush=True)  # fmt: skip
   return {
     "machine": machine(),
     "date": time.strftime("%Y-%m-%d"),
     "steps": steps,
     "loop": loop,
     "minimal": minimal,
+    "bare": bare,
+    "idle": idle_gap(config, steps),
     "checkpoint": checkpoint_pause(config),
     "command": " ".join(["python -m experiments.benchmarks.loop", *sys.argv[1:]]),
   }
@@ -145,18 +204,33 @@ def measure(config, steps: int, rounds: int) -> dict[str, Any]:
 
 def section(m: dict[str, Any]) -> str:
   loop, minimal = statistics.median(m["loop"]), statistics.median(m["minimal"])
-  c = m["checkpoint"]
-  rounds = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(m["loop"], m["minimal"], strict=True))
+  bare, idle, c = statistics.median(m["bare"]), m["idle"], m["checkpoint"]
+  rounds = ", ".join(
+    f"{a:.1f} / {b:.1f} / {s:.1f}"
+    for a, b, s in zip(m["loop"], m["minimal"], m["bare"], strict=True)
+  )
+  table = "\n".join(
+    f"| {name} | {rate:,.1f} | {rate / minimal:.2f}x | {bare / rate:.2f}x |"
+    for name, rate in (
+      ("the full loop (`train.train_and_evaluate`, steady state)", loop),
+      ("a minimal flax script of the same model and input pipeline", minimal),
+      ("the loop's compiled train step back to back, batches on the device", bare),
+    )
+  )
   return f"""## {SECTION}
 
 {m["machine"]}, {m["date"]}; `{m["command"]}`: the default experiment, {m["steps"]} steps per
-measurement, loop and minimal script alternated in one process (rounds, loop / minimal steps/s:
-{rounds}).
+measurement, loop, minimal script and bare step alternated in one process (rounds, loop /
+minimal / bare steps/s: {rounds}).
 
-| | steps/s (median) | vs minimal |
-|---|---:|---:|
-| the full loop (`train.train_and_evaluate`, steady state) | {loop:,.1f} | {loop / minimal:.2f}x |
-| a minimal flax script of the same model and input pipeline | {minimal:,.1f} | 1.00x |
+| | steps/s (median) | vs minimal | step time vs bare step |
+|---|---:|---:|---:|
+{table}
+
+Idle gap between steps inside the loop, from a profile of 20 steps in its middle
+(`train.profile_steps`; the pauses between the train step's ops): median
+{idle["gap_ms"]:.2f} ms per step of {idle["step_ms"]:.2f} ms, {100 * idle["idle_share"]:.1f}% of
+the profiled time.
 
 The loop does more per step than the script (metrics, the non-finite checks in the state, the
 input pipeline with device prefetch) and reads nothing back between its periodic actions.

@@ -7,8 +7,9 @@ from absl import logging
 
 
 class Profile:
-  """Traces steps (first, first + count] into workdir/profile (TensorBoard's profile plugin or
-  XProf open it); nothing when count is 0."""
+  """Traces steps (first, first + count] into workdir/profile: the XPlane files TensorBoard's
+  profile plugin and XProf open, and perfetto_trace.json.gz (ui.perfetto.dev); nothing when
+  count is 0."""
 
   def __init__(self, workdir: str, first: int, count: int):
     self.directory = os.path.join(workdir, "profile")
@@ -17,7 +18,7 @@ class Profile:
 
   def before(self, step: int) -> None:
     if self.last > self.first and step == self.first:
-      jax.profiler.start_trace(self.directory)
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
       self.active = True
 
   def after(self, step: int, state) -> None:
