@@ -80,6 +80,7 @@ def optimizer_section(**fields) -> ml_collections.ConfigDict:
   optimizer.learning_rate = 3e-3  # peak
   optimizer.schedule = "warmup_cosine"  # constant | warmup_cosine | linear | rsqrt
   optimizer.warmup_steps = 100
+  optimizer.warmup_epochs = 0.0  # > 0: replaces warmup_steps (converted once, at the start)
   optimizer.weight_decay = 1e-4  # decoupled (adamw, adafactor)
   optimizer.b1 = 0.9
   optimizer.b2 = 0.98
@@ -143,6 +144,11 @@ def loop_section() -> ml_collections.ConfigDict:
   train.label_smoothing = 0.0
   train.sync_every_steps = 0  # stop requests agreed across processes every K steps; 0: log interval
   train.profile_steps = (0, 0)  # (first step, count): a jax.profiler trace into workdir/profile
+  # > 0: in epochs of the training split, replacing num_steps / eval_every_steps /
+  # checkpoint_every_steps (converted once, with data.batch_size: experiments/run/epochs.py)
+  train.num_epochs = 0.0
+  train.eval_every_epochs = 0.0
+  train.checkpoint_every_epochs = 0.0
   return train
 
 

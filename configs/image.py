@@ -22,13 +22,11 @@ from configs.common import (
   parse_arg,
 )
 
-TRAIN_EXAMPLES = 45000  # LRA: 90% of CIFAR-10's 50000 training images
 EPOCHS = 200  # LRA: 200
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, dataset="cifar10", epochs=EPOCHS)
-  steps_per_epoch = TRAIN_EXAMPLES // 256
   config = ml_collections.ConfigDict()
   config.seed = 0  # drives parameters, dropout and data order
 
@@ -55,17 +53,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Optimizer: LRA: Adam, lr 5e-4, linear warm-up for one epoch then cosine decay, no weight decay.
   config.optimizer = optimizer_section(
     learning_rate=5e-4,  # LRA: 0.0005 (peak), linear warm-up then cosine decay
-    warmup_steps=steps_per_epoch,  # LRA: one epoch
+    warmup_epochs=1.0,  # LRA: one epoch
     weight_decay=0.0,  # LRA: 0
     grad_clip_norm=0.0,  # LRA: none
   )
 
   # Loop.
   config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
-  config.train.num_steps = steps_per_epoch * args.epochs  # LRA: 175 * 200 = 35000
-  config.train.eval_every_steps = steps_per_epoch  # LRA: every epoch
+  # In epochs of the training split (steps follow data.batch_size; LRA: 175 * 200 = 35000 steps).
+  config.train.num_epochs = float(args.epochs)
+  config.train.eval_every_epochs = 1.0  # LRA: every epoch
+  config.train.checkpoint_every_epochs = 10.0
   config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = steps_per_epoch * 10
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

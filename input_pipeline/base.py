@@ -39,6 +39,9 @@ class Datasets:
   eval_dataset: Callable[..., tf.data.Dataset]
   info: TaskInfo
   splits: Mapping[str, str]
+  # examples in the training split, all processes together: the unit of schedules given in
+  # epochs (experiments/run/epochs.py); None where unknown (generated streams)
+  train_examples: int | None = None
 
 
 T = TypeVar("T")

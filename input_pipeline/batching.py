@@ -466,6 +466,8 @@ def make_datasets(
     .truncate(lengths)
     for split, examples in evals.items()
   }
+  # a split read per process is counted only when there is one process (counts must agree)
+  train_examples = len(train) if not train_sharded or process_count == 1 else None
   if not train_sharded:
     train = train.shard(process_index, process_count)
   if len(train) == 0:
@@ -541,7 +543,7 @@ def make_datasets(
       ds = ds.map(lambda ex: _unpacked_segmentation(ex, seq_keys))
     return pad_eval_batches(ds, local)
 
-  return Datasets(train_dataset, eval_dataset, info, dict(splits))
+  return Datasets(train_dataset, eval_dataset, info, dict(splits), train_examples=train_examples)
 
 
 def _pad_to_boundary(batch: dict, keys: Sequence[str], bounds: Sequence[int]) -> dict:

@@ -20,6 +20,7 @@ from experiments.run import (
   batches,
   checkpoints,
   decode_eval,
+  epochs,
   optim,
   sharding,
   state,
@@ -81,7 +82,8 @@ def build(
 ) -> Run:
   """Builds `config`'s run. Datasets are read from the config (vocabularies in `workdir`) unless
   given, or unless `info` describes a synthetic task; `example` (default: a placeholder of the
-  train batches) fixes the state's shapes. Steps compile on their first batch."""
+  train batches) fixes the state's shapes. Steps compile on their first batch. Schedules given
+  in epochs are converted to steps here (`Run.config` holds the steps)."""
   if info is None and datasets is None:
     datasets = input_pipeline.get_datasets(
       config.data,
@@ -91,6 +93,10 @@ def build(
     )
   if info is None:
     info = datasets.info
+    try:
+      config = epochs.to_steps(config, datasets.train_examples)
+    except ValueError as e:
+      raise validate.ConfigError(str(e)) from None
     validate.check_config_for_task(config, info)
   model = models.build(config.model, info)
   mesh = mesh or sharding.make_mesh(config.mesh.shape)

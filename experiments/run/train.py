@@ -124,13 +124,13 @@ def train_and_evaluate(
   saved, status "pruned": a hyperparameter search's pruner).
   """
   validate.check_config(config)
-  num_steps = config.train.num_steps
   with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
     if jax.process_index() == 0:
       stack.enter_context(exclusive(workdir))  # a second run on this workdir exits here
     validate.prepare_workdir(workdir, config)
     stack.enter_context(preemption.handlers())  # a signal from here on: save and stop
     run = build.build(config, workdir=workdir)
+    config, num_steps = run.config, run.config.train.num_steps  # epochs converted to steps
     stack.enter_context(nn.logical_axis_rules(run.axis_rules))
     ckpt = stack.enter_context(run.checkpoints(workdir))
     state, run.state = run.state, None  # the loop owns the state (the steps donate its buffers)

@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 import models
-from experiments.run import optim, sharding
+from experiments.run import epochs, optim, sharding
 from experiments.run.config_file import ATTENTION, ConfigError, allowed_types, attention_fields
 from models import attention
 
@@ -89,14 +89,21 @@ def check_fields(config: ml_collections.ConfigDict) -> list[str]:
     config.train.on_nonfinite in NONFINITE,
     f"train.on_nonfinite={config.train.on_nonfinite!r}; valid: {', '.join(NONFINITE)}",
   )
+  for section, epochs_field, _ in epochs.FIELDS:
+    value = config[section].get(epochs_field) or 0
+    _require(value >= 0, f"{section}.{epochs_field}={value} must be >= 0 (0: use the steps field)")
+  in_epochs = {steps for section, epochs_field, steps in epochs.FIELDS
+               if (config[section].get(epochs_field) or 0) > 0}  # fmt: skip
   _positive(
     config,
     "optimizer.learning_rate",
     "optimizer.grad_accum_steps",
-    "train.num_steps",
-    "train.eval_every_steps",
+    *(
+      f"train.{f}"
+      for f in ("num_steps", "eval_every_steps", "checkpoint_every_steps")
+      if f not in in_epochs
+    ),  # fmt: skip
     "train.log_every_steps",
-    "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "data.batch_size",
   )

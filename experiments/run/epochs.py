@@ -1,0 +1,42 @@
+"""Schedules given in epochs, converted to steps once, where the run is built.
+
+Each `*_epochs` field below that is > 0 sets its `*_steps` field to
+`max(1, round(epochs * train_examples / data.batch_size))` (`train_examples`: the training
+split's size, `Datasets.train_examples`), so a schedule follows the batch size and the corpus.
+"""
+
+import ml_collections
+
+FIELDS = (  # (section, field in epochs, field in steps)
+  ("train", "num_epochs", "num_steps"),
+  ("train", "eval_every_epochs", "eval_every_steps"),
+  ("train", "checkpoint_every_epochs", "checkpoint_every_steps"),
+  ("optimizer", "warmup_epochs", "warmup_steps"),
+)
+
+
+def given(config: ml_collections.ConfigDict) -> list[str]:
+  """The `section.field` names of the epoch fields set (> 0) in `config`."""
+  return [
+    f"{section}.{epochs}"
+    for section, epochs, _ in FIELDS
+    if section in config and (config[section].get(epochs) or 0) > 0
+  ]
+
+
+def to_steps(config: ml_collections.ConfigDict, train_examples: int | None):
+  """A copy of `config` with every epoch field converted (the config itself when none is set)."""
+  if not given(config):
+    return config
+  if not train_examples:
+    raise ValueError(
+      f"{', '.join(given(config))} need the training split's size, which this task does not "
+      "know (a generated stream, or a split read per process); give the *_steps fields instead"
+    )
+  out = config.copy_and_resolve_references()
+  per_epoch = train_examples / config.data.batch_size
+  for section, epochs, steps in FIELDS:
+    value = out[section].get(epochs) or 0
+    if value > 0:
+      out[section][steps] = max(1, round(value * per_epoch))
+  return out
