@@ -173,9 +173,6 @@ class Examples:
       keep &= v.lengths <= lengths[k]
     return self if keep.all() else self.take(np.flatnonzero(keep))
 
-  def num_tokens(self) -> int:
-    return int(sum(v.splits[-1] for v in self.sequences.values()))
-
 
 # ----------------------------------------------------------------------------------------------
 # Cache: tokenised splits as .npz in the workdir, so tokenisation runs once per run directory.
