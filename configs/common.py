@@ -135,9 +135,17 @@ def long_range_optimizer(warmup_steps: int) -> ml_collections.ConfigDict:
   )
 
 
-def loop_section() -> ml_collections.ConfigDict:
-  """`config.train`: the fault-tolerance fields; the experiment sets steps and intervals."""
+def loop_section(
+  steps: int = 0, *, eval_every: int = 0, log_every: int = 100, checkpoint_every: int = 0
+) -> ml_collections.ConfigDict:
+  """`config.train`: steps (batches consumed) and the intervals of the periodic actions (eval
+  also runs at the end), plus the fault-tolerance fields. An experiment giving its schedule in
+  epochs leaves the steps at 0 and sets the `*_epochs` fields."""
   train = ml_collections.ConfigDict()
+  train.num_steps = steps
+  train.eval_every_steps = eval_every
+  train.log_every_steps = log_every
+  train.checkpoint_every_steps = checkpoint_every
   train.keep_checkpoints = 2  # the last K, plus the best by the task's main eval metric
   train.on_nonfinite = "stop"  # stop | skip (skip the update; stop after max_nonfinite in a row)
   train.max_nonfinite = 10

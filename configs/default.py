@@ -65,11 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = optimizer_section()
 
   # Loop.
-  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
-  config.train.num_steps = args.steps  # batches consumed
-  config.train.eval_every_steps = 500  # also evaluates at the end
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 500
+  config.train = loop_section(  # steps: batches consumed
+    args.steps, eval_every=500, log_every=100, checkpoint_every=500
+  )
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

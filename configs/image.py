@@ -59,12 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   # Loop.
-  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
+  config.train = loop_section(log_every=50)
   # In epochs of the training split (steps follow data.batch_size; LRA: 175 * 200 = 35000 steps).
   config.train.num_epochs = float(args.epochs)
   config.train.eval_every_epochs = 1.0  # LRA: every epoch
   config.train.checkpoint_every_epochs = 10.0
-  config.train.log_every_steps = 50
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

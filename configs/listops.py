@@ -53,11 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = long_range_optimizer(warmup_steps=1000)  # LRA: 1000
 
   # Loop.
-  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
-  config.train.num_steps = args.steps  # LRA: 5000
-  config.train.eval_every_steps = 500
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 1000
+  config.train = loop_section(  # steps: LRA: 5000
+    args.steps, eval_every=500, log_every=50, checkpoint_every=1000
+  )
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

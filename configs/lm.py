@@ -77,11 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   # Loop.
-  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
-  config.train.num_steps = args.steps  # flax lm1b: 500000
-  config.train.eval_every_steps = 2000
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 5000
+  config.train = loop_section(  # steps: flax lm1b: 500000
+    args.steps, eval_every=2000, log_every=100, checkpoint_every=5000
+  )
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)
   return config

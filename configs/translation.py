@@ -19,7 +19,7 @@ lr 0.0625 * rsqrt schedule, 1000 warm-up steps, label smoothing 0.1, packed 256-
 
 import ml_collections
 
-from configs.common import loop_section, mesh_section, parse_arg
+from configs.common import loop_section, mesh_section, optimizer_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -77,17 +77,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Optimizer: flax wmt: Adam(0.9, 0.98), 0.0625 * linear_warmup * rsqrt_decay, 1000 warm-up
   # steps, i.e. a peak of 0.0625 / sqrt(1000); weight decay 0.
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 0.0625 / 1000**0.5  # peak, at the end of warm-up
-  config.optimizer.schedule = "rsqrt"  # linear warm-up, then lr * sqrt(warmup / step)
-  config.optimizer.warmup_steps = 1000  # flax wmt: 1000
-  config.optimizer.weight_decay = 0.0  # flax wmt: 0
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.98
-  config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.grad_clip_norm = 0.0  # flax wmt: none
-  config.optimizer.grad_accum_steps = 1
+  config.optimizer = optimizer_section(
+    learning_rate=0.0625 / 1000**0.5,  # peak, at the end of warm-up
+    schedule="rsqrt",  # linear warm-up, then lr * sqrt(warmup / step)
+    warmup_steps=1000,  # flax wmt: 1000
+    weight_decay=0.0,  # flax wmt: 0
+    grad_clip_norm=0.0,  # flax wmt: none
+  )
 
   # Loop.
   # Eval by decoding: beam search, BLEU (sacrebleu) on detokenized text; BLEU picks the best.
@@ -97,11 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.decode.alpha = 0.6  # GNMT length penalty
   config.decode.max_len = 0  # 0 = the task's longest target
 
-  config.train = loop_section()  # keep_checkpoints, on_nonfinite, max_nonfinite, label_smoothing
-  config.train.num_steps = args.steps  # flax wmt: 500000
-  config.train.eval_every_steps = 2000
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 5000
+  config.train = loop_section(  # steps: flax wmt: 500000
+    args.steps, eval_every=2000, log_every=100, checkpoint_every=5000
+  )
   config.train.label_smoothing = 0.1  # flax wmt: 0.1
 
   config.mesh = mesh_section()  # devices: (data, fsdp, tensor) = (-1, 1, 1)

@@ -17,7 +17,7 @@ def test_image_schedule_follows_the_batch_size():
   half = epochs.to_steps(config, 45_000)
   assert (half.train.num_steps, half.optimizer.warmup_steps) == (70_312, 352)
   assert half.train.eval_every_steps == 352 and half.train.checkpoint_every_steps == 3516
-  assert config.train.get("num_steps") is None  # the experiment's own config is not changed
+  assert config.train.num_steps == 0  # the experiment's own config is not changed
 
 
 def test_configs_without_epochs_are_returned_as_they_are():
