@@ -78,7 +78,8 @@ def make_cases(tmp: str) -> list[tuple[str, ml_collections.ConfigDict]]:
   )  # fmt: skip
   return [
     ("synthetic reverse (len 4-16)", config(
-      name="reverse", vocab_size=16, min_length=4, max_length=16, batch_size=64)),
+      name="reverse", vocab_size=16, min_length=4, max_length=16, batch_size=64,
+      eval_examples=64)),
     ("listops, LRA lengths (max 2000)", config(
       name="listops", data_dir=tmp, max_length=2000, batch_size=32)),
     ("text, bytes, TSV (max 4000)", config(
