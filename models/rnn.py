@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from models import attention as attention_lib
-from models import register
 from models.attention import masks
 from models.decoding import StepFn, expand
 from models.layers import check_attention_roles, config_from, dtype_of, embed_module, shift_right
+from models.registry import register
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 PLACEMENTS = ("bahdanau", "luong", "none")

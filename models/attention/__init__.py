@@ -5,8 +5,9 @@
     layer = make(num_heads=8, causal=True)        # shared fields supplied by the model
     y = layer(x, mask=m)                          # -> [B, T, D]
 
-A new type: write `models/attention/<family>.py` with a `@register("name")` class deriving from
-`base.Attention`, and import the module below. The parameterised tests pick it up automatically.
+A new type: write `models/attention/<family>.py` with a `@register("name")` class (from
+`models.attention.registry`) deriving from `base.Attention`, and import the module below. The
+parameterised tests pick it up automatically.
 """
 
 import dataclasses
@@ -15,26 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from models.attention.base import Attention
+from models.attention.registry import REGISTRY, get, register  # noqa: F401
 
-REGISTRY: dict[str, type[Attention]] = {}
 SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(Attention)) - {"parent", "name"}
-
-
-def register(name: str) -> Callable[[type[Attention]], type[Attention]]:
-  def wrap(cls: type[Attention]) -> type[Attention]:
-    if name in REGISTRY:
-      raise ValueError(f"attention type {name!r} registered twice")
-    REGISTRY[name] = cls
-    cls.registry_name = name
-    return cls
-
-  return wrap
-
-
-def get(name: str) -> type[Attention]:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown attention {name!r}; valid: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[name]
 
 
 def own_fields(name: str) -> set[str]:

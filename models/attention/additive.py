@@ -10,8 +10,8 @@ Cost: O(Tq Tk d) time and O(Tq Tk d) memory (tanh is taken for every query-key p
 
 import jax.numpy as jnp
 
-from models.attention import register
 from models.attention._scores import ScoredAttention, additive_scores
+from models.attention.registry import register
 
 
 @register("additive")

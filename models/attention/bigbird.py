@@ -23,8 +23,9 @@ only; key-padding masks only. Weights are sown (scattered to `[B, H, T, T]`) onl
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import normalize
+from models.attention.registry import register
 
 
 def block_pattern(

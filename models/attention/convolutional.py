@@ -22,8 +22,9 @@ formed for every query-key pair).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
+from models.attention.registry import register
 
 
 def pad_for_taps(x: jnp.ndarray, width: int, axis: int) -> jnp.ndarray:

@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks, masks, register
+from models.attention import _blocks, masks
 from models.attention.base import Attention
+from models.attention.registry import register
 
 MIN_DENOMINATOR = 1e-12  # below it (its square underflows in float32 gradients) the output is 0
 

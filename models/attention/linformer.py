@@ -15,8 +15,9 @@ Cost: O(T k d) time, O(T k) memory. Key-padding masks only.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention.base import Attention, normalize
+from models.attention.registry import register
 
 SHARING = ("none", "headwise", "key_value", "layerwise")
 

@@ -23,9 +23,10 @@ only O(Tq D d).
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention._scores import ScoredAttention, head_param, score_fn
 from models.attention.base import normalize
+from models.attention.registry import register
 
 MODES = ("monotonic", "predictive")
 

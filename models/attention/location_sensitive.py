@@ -23,9 +23,10 @@ backward pass; the queries run sequentially.
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
 from models.attention.base import normalize
+from models.attention.registry import register
 
 STATE = "attention_state"
 

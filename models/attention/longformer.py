@@ -14,8 +14,9 @@ only. Weights are sown (scattered to `[B, H, T, T]`) only when `intermediates` i
 
 import jax.numpy as jnp
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import normalize
+from models.attention.registry import register
 
 
 @register("longformer")

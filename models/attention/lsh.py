@@ -26,8 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import NEG_INF, Attention
+from models.attention.registry import register
 
 SELF_PENALTY = 1e5  # subtracted from a query's score for itself (as in the reference code)
 

@@ -16,9 +16,9 @@ Cost: dot/general O(Tq Tk d) time, O(Tq Tk) memory per head; location O(Tq L d) 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import register
 from models.attention._scores import ScoredAttention, dot_scores, general_scores
 from models.attention.base import default_kernel_init
+from models.attention.registry import register
 
 
 @register("dot")

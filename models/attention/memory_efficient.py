@@ -28,8 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention.base import NEG_INF, Attention
+from models.attention.registry import register
 from models.attention.scaled_dot import check_kv_heads
 
 

@@ -18,8 +18,9 @@ Cost: O(T M d) time, O(T (M + d) + M d) memory.
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.linear import KernelAttention
+from models.attention.registry import register
 
 REDRAW = ("fixed", "every_call")
 

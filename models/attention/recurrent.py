@@ -17,8 +17,8 @@ Cost: O(Tq Tk d²) time with Tk sequential LSTM steps (batched over B·Tq); O(Tq
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import register
 from models.attention._scores import ScoredAttention, energy_vector
+from models.attention.registry import register
 
 
 @register("recurrent")

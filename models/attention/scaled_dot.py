@@ -20,8 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks, register
+from models.attention import masks
 from models.attention.base import Attention, normalize
+from models.attention.registry import register
 
 IMPLEMENTATIONS = ("auto", "xla", "jax")
 

@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import NEG_INF, default_kernel_init
+from models.attention.registry import register
 
 
 def sinkhorn(

@@ -12,8 +12,9 @@ only. The weights are sown (scattered to `[B, H, T, T]`) only when `intermediate
 dropout drops the banded weights.
 """
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import normalize
+from models.attention.registry import register
 
 
 @register("sliding_window")

@@ -16,7 +16,8 @@ only when `intermediates` is mutable.
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks, register
+from models.attention import _blocks
+from models.attention.registry import register
 
 
 @register("sparse_fixed")

@@ -19,8 +19,9 @@ Any mask; causal masks the synthesised logits. Weights are sown like scaled_dot'
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import _blocks, register
+from models.attention import _blocks
 from models.attention.base import Attention, default_kernel_init, normalize
+from models.attention.registry import register
 
 VARIANTS = ("dense", "random")
 
