@@ -16,11 +16,13 @@ target token (0 = BOS) and E its embedding; `attention_placement`:
 logits_t = W_s o_t (or E^T P o_t with `logits_via_embedding`).
 
 The attention is any registered type that supports cross attention, called step-wise with a query
-`[B, 1, H]` and keys/values = the encoder outputs. Recurrence runs in `jax.lax.scan`; each step
-applies the cell functionally (`DecoderCell.apply`) with the `attention_state` collection carried
-explicitly, so stateful types (location-sensitive) see their previous alignment whether or not
-the caller made that collection mutable. The same step function drives the scanned teacher-forced
-pass and the step-by-step decoding in `models/decoding.py`.
+`[B, 1, H]` and keys/values = the encoder outputs, prepared once per source sequence
+(`Attention.prepare` in `encode`: their projections), so a step projects only its query.
+Recurrence runs in `jax.lax.scan`; each step applies the cell functionally (`DecoderCell.apply`)
+with the `attention_state` collection carried explicitly, so stateful types (location-sensitive)
+see their previous alignment whether or not the caller made that collection mutable. The same
+step function drives the scanned teacher-forced pass and the step-by-step decoding in
+`models/decoding.py`.
 """
 
 import dataclasses
@@ -144,11 +146,26 @@ class RNNConfig:
     return dtype_of(self.dtype)
 
 
-class DecoderCell(nn.Module):
-  """One decoder step: `(carry, E(y_{t-1}) [B, E], enc [B, S, He], mask) -> (carry, o_t [B, H])`.
+def make_attention(cfg: RNNConfig, **kw: Any) -> attention_lib.Attention:
+  """The decoder's attention over the encoder outputs (queries: the decoder state `[B, 1, H]`)."""
+  return attention_lib.build(dict(cfg.attention))(
+    num_heads=cfg.num_heads,
+    qkv_features=cfg.qkv_dim or cfg.hidden,
+    out_features=cfg.hidden,
+    causal=False,
+    dropout_rate=cfg.attention_dropout_rate,
+    dtype=cfg.compute_dtype,
+    param_dtype=jnp.float32,
+    **kw,
+  )
 
-  `carry = {'layers': per-layer cell carries, 'feed': [B, H]}` where `feed` is s_{t-1}
-  (bahdanau) or h̃_{t-1} (luong).
+
+class DecoderCell(nn.Module):
+  """One decoder step: `(carry, E(y_{t-1}) [B, E], enc, mask) -> (carry, o_t [B, H])`.
+
+  `enc`: the encoder outputs `[B, S, He]`, or what the attention prepared from them once per
+  source sequence (`Attention.prepare`). `carry = {'layers': per-layer cell carries,
+  'feed': [B, H]}` where `feed` is s_{t-1} (bahdanau) or h̃_{t-1} (luong).
   """
 
   config: RNNConfig
@@ -159,16 +176,7 @@ class DecoderCell(nn.Module):
     dt = cfg.compute_dtype
     attn = None
     if cfg.attention_placement != "none":
-      attn = attention_lib.build(dict(cfg.attention))(
-        num_heads=cfg.num_heads,
-        qkv_features=cfg.qkv_dim or cfg.hidden,
-        out_features=cfg.hidden,
-        causal=False,
-        dropout_rate=cfg.attention_dropout_rate,
-        dtype=dt,
-        param_dtype=jnp.float32,
-        name="attention",
-      )
+      attn = make_attention(cfg, name="attention")
 
     def attend(query):
       return attn(query[:, None], encoded, mask=mask, deterministic=deterministic)[:, 0]
@@ -260,7 +268,8 @@ class RNNSeq2Seq(nn.Module):
   # ------------------------------------------------------------------------------ encoder
 
   def encode(self, inputs: jnp.ndarray, train: bool = False) -> dict[str, Any]:
-    """`inputs [B, S]` -> `{'encoded' [B, S, He], 'mask' [B, 1, 1, S], 'carry'}` (decoder start)."""
+    """`inputs [B, S]` -> `{'encoded' [B, S, He], 'keys', 'mask' [B, 1, 1, S], 'carry'}` (the
+    decoder's start; `keys`: what the attention prepared from `encoded`, once per source)."""
     cfg = self.config
     valid = inputs > 0
     x = self.input_embedding(inputs.astype(jnp.int32)).astype(cfg.compute_dtype)
@@ -270,11 +279,22 @@ class RNNSeq2Seq(nn.Module):
     h0 = jnp.split(h0, cfg.num_layers, axis=-1)
     layers = tuple(carry_from_hidden(cfg.cell, h) for h in h0)
     feed = h0[-1] if cfg.attention_placement == "bahdanau" else jnp.zeros_like(h0[-1])
-    return {
+    memory = {
       "encoded": encoded,
       "mask": masks.padding_mask(None, valid),
       "carry": {"layers": layers, "feed": feed},
     }
+    memory["keys"] = self._prepare(memory)
+    return memory
+
+  def _prepare(self, memory: dict[str, Any]) -> Any:
+    """The attention's `prepare` of the encoder outputs, applied with the cell's parameters."""
+    if self.config.attention_placement == "none":
+      return memory["encoded"]
+    emb0 = self.output_embedding(jnp.zeros(memory["encoded"].shape[:1], jnp.int32))
+    params = self._cell_params(memory, emb0)["attention"]
+    attn = make_attention(self.config, parent=None)
+    return attn.apply({"params": params}, memory["encoded"], method="prepare")
 
   # ------------------------------------------------------------------------------ decoder
 
@@ -288,7 +308,7 @@ class RNNSeq2Seq(nn.Module):
       variables,
       state["carry"],
       emb,
-      memory["encoded"],
+      memory["keys"],
       memory["mask"],
       deterministic,
       rngs=rngs,

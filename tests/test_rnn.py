@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import models
 from models import attention
 from models.attention import masks
+from models.attention.base import KeysValues
 from models.layers import freeze_mapping
 from models.rnn import DecoderCell, RNNConfig, RNNSeq2Seq, carry_from_hidden
 
@@ -84,6 +86,27 @@ def test_stepwise_decoding_equals_scanned_forward(variant):
   if "location_sensitive" in variant:  # the previous alignment matters
     forgetful = run_steps(model, params, memory, shifted, reset_state=True)
     assert not np.allclose(forgetful[:, 1:], full[:, 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("attention_name", ["additive", "location_sensitive", "scaled_dot"])
+def test_decoder_steps_reuse_the_keys_prepared_once(attention_name):
+  """`encode` prepares the encoder outputs for the attention (their projections); a decoding
+  step then projects only its query."""
+  cfg = rnn_config(attention={"name": attention_name}, attention_placement="bahdanau")
+  model = models.build(cfg, Info())
+  params = {"params": jax.jit(model.init)(jax.random.key(0), BATCH)["params"]}
+  memory = model.apply(params, BATCH["inputs"], method=RNNSeq2Seq.encode)
+  assert isinstance(memory["keys"], KeysValues)
+  projected = []
+
+  def spy(next_fun, args, kwargs, context):
+    if context.method_name == "dense_heads":
+      projected.append(args[1] if len(args) > 1 else kwargs["name"])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(spy):
+    model.apply(params, memory, None, BATCH["targets"][:, 0], method=RNNSeq2Seq.decode_step)
+  assert projected == ["query"]
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

@@ -23,11 +23,12 @@ memory (the tanh argument is formed for every query-key pair).
 """
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention.base import Attention, normalize
+from models.attention.base import Attention, KeysValues, normalize
 
 
 def head_param(
@@ -102,50 +103,65 @@ def score_fn(name: str) -> ScoreFn:
 
 
 class ScoredAttention(Attention):
-  """A type that forms weights from scores; subclasses implement `scores` or `weights`."""
+  """A type that forms weights from scores; subclasses implement `scores` or `weights`.
+
+  The keys/values are prepared once (`Attention.prepare`, a `KeysValues`): `prepare_kv` projects
+  the `value`s and, for types that score projected keys (`projects_keys`), the `key`s; a type
+  with other key-only parts adds them there. `scores`/`weights` read them from `kv.cache`.
+  """
+
+  prepares_kv = True
+  projects_keys: ClassVar[bool] = True  # scores read the `key` projection (`project`)
 
   temperature: float = 1.0  # logits / τ
   top_k: int | None = None  # keep the k largest scores per query
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
-    """`[B, Tq, Dq]`, `[B, Tk, Dkv]`, mask (incl. causal) -> scores `[B, H, Tq, Tk]`."""
+  def prepare_kv(
+    self, inputs_kv: jnp.ndarray, inputs_q: jnp.ndarray | None
+  ) -> dict[str, jnp.ndarray]:
+    """Per-head `key` (if `projects_keys`) and `value` projections `[B, Tk, H, Dh]`."""
+    _, head_dim = self.features(inputs_q)
+    out = {}
+    if self.projects_keys:
+      out["key"] = self.dense_heads(inputs_kv, "key", self.num_heads, head_dim)
+    out["value"] = self.dense_heads(inputs_kv, "value", self.num_heads, head_dim)
+    return out
+
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
+    """`[B, Tq, Dq]`, prepared keys/values, mask (incl. causal) -> scores `[B, H, Tq, Tk]`."""
     raise NotImplementedError
 
   def weights(
     self,
     inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray,
+    kv: KeysValues,
     mask: jnp.ndarray | None,
     input_mask: jnp.ndarray | None,
   ) -> jnp.ndarray:
     """-> weights `[B, H, Tq, Tk]`, zero where `mask` (the caller's `input_mask` AND causal) is
     False."""
-    return normalize(self.scores(inputs_q, inputs_kv, mask), mask, self.temperature, self.top_k)
+    return normalize(self.scores(inputs_q, kv, mask), mask, self.temperature, self.top_k)
 
-  def project(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray
-  ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-head query and key projections `[B, T, H, Dh]` (names `query`, `key`)."""
+  def project(self, inputs_q: jnp.ndarray, kv: KeysValues) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-head query projection (name `query`) and the prepared keys, `[B, T, H, Dh]`."""
     _, head_dim = self.features(inputs_q)
     q = self.dense_heads(inputs_q, "query", self.num_heads, head_dim)
-    k = self.dense_heads(inputs_kv, "key", self.num_heads, head_dim)
-    return q, k
+    return q, kv.cache["key"]
 
   @nn.compact
   def __call__(
     self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
+    inputs_q: jnp.ndarray | None,
+    inputs_kv: jnp.ndarray | KeysValues | None = None,
     *,
     mask: jnp.ndarray | None = None,
     deterministic: bool = True,
-  ) -> jnp.ndarray:
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-    full_mask = self.full_mask(mask, inputs_q.shape[1], inputs_kv.shape[1])
-    w = self.weights(inputs_q, inputs_kv, full_mask, mask)
-    _, head_dim = self.features(inputs_q)
-    v = self.dense_heads(inputs_kv, "value", self.num_heads, head_dim)
+  ) -> jnp.ndarray | KeysValues:
+    kv = self.keys_values(inputs_q, inputs_kv)
+    if inputs_q is None:  # `prepare`
+      return kv
+    full_mask = self.full_mask(mask, inputs_q.shape[1], kv.length)
+    w = self.weights(inputs_q, kv, full_mask, mask)
+    v = kv.cache["value"]
     context = self.attend(w.astype(v.dtype), v, deterministic)
     return self.project_out(context, inputs_q.shape[-1])

@@ -11,6 +11,7 @@ Cost: O(Tq Tk d) time and O(Tq Tk d) memory (tanh is taken for every query-key p
 import jax.numpy as jnp
 
 from models.attention._scores import ScoredAttention, additive_scores
+from models.attention.base import KeysValues
 from models.attention.registry import register
 
 
@@ -18,7 +19,5 @@ from models.attention.registry import register
 class AdditiveAttention(ScoredAttention):
   """Bahdanau's additive score, one v per head."""
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
-    return additive_scores(self, *self.project(inputs_q, inputs_kv))
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
+    return additive_scores(self, *self.project(inputs_q, kv))

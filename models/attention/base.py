@@ -23,6 +23,14 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
   Without a mutable collection every call starts from the initial state and runs its queries in
   order itself (a whole teacher-forced sequence, or a Transformer layer), so stepping and the
   full call give the same result.
+* Keys/values prepared once: `prepared = layer.prepare(inputs_kv)` computes what depends only on
+  the keys/values (their projections, the static parts of location features), and every later
+  call `layer(query, prepared, ...)` reuses it; a decoder stepping one query at a time over the
+  same source prepares once per source sequence. Types that prepare something set
+  `prepares_kv` and return a `KeysValues` (their `__call__` with `inputs_q=None` does only that,
+  and accepts a `KeysValues` as `inputs_kv`); the default `prepare` returns the keys/values
+  themselves, so any type can be driven this way. A full call prepares and attends in one go,
+  so stepping over prepared keys and the full call give the same result.
 * Autoregressive key/value caches live in the `cache` collection (`decode=True`), as in flax.
 * Shared pieces: `dense_heads`/`project_qkv`/`project_out` (projections), `full_mask` (caller's
   mask AND causal), `normalize` (masked softmax with temperature and top-k) and `attend` (sow the
@@ -34,12 +42,29 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Dtype = Any
 NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
+
+
+@flax.struct.dataclass
+class KeysValues:
+  """What an attention type computes from the keys/values alone (`Attention.prepare`).
+
+  `inputs` `[B, Tk, Dkv]` the keys/values themselves; `cache` the type's precomputed arrays,
+  each with leading axes `[B, Tk]` (e.g. `key`, `value` projections `[B, Tk, H, Dh]`).
+  """
+
+  inputs: jnp.ndarray
+  cache: dict[str, jnp.ndarray]
+
+  @property
+  def length(self) -> int:
+    return self.inputs.shape[1]
 
 
 def default_kernel_init() -> Callable:
@@ -59,6 +84,8 @@ class Attention(nn.Module):
   # Forms attention weights that `dropout_rate` drops. False for types with no weights (the
   # kernelised ones): they ignore the rate and warn when given one (`warn_no_dropout`).
   drops_weights: ClassVar[bool] = True
+  # `prepare` computes the key/value-only parts once (a `KeysValues`); else it returns its input.
+  prepares_kv: ClassVar[bool] = False
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size
@@ -74,10 +101,35 @@ class Attention(nn.Module):
     queries like `inputs_q` `[B, 1, Dq]` and keys `inputs_kv` `[B, Tk, Dkv]`; stateless: no-op."""
     del inputs_q, inputs_kv
 
+  def prepare(self, inputs_kv: jnp.ndarray) -> Any:
+    """Once per key/value sequence `[B, Tk, Dkv]`: what every call with these keys/values
+    reuses; pass the result as `inputs_kv`. Default: the keys/values themselves (nothing to
+    precompute); types with `prepares_kv` return a `KeysValues` (and need `qkv_features`)."""
+    if not self.prepares_kv:
+      return inputs_kv
+    return self(None, inputs_kv)
+
+  def keys_values(self, inputs_q: jnp.ndarray | None, inputs_kv: Any) -> KeysValues:
+    """`inputs_kv` as a `KeysValues`: prepared already, or prepared now (`prepare_kv`)."""
+    if isinstance(inputs_kv, KeysValues):
+      return inputs_kv
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    return KeysValues(inputs_kv, self.prepare_kv(inputs_kv, inputs_q))
+
+  def prepare_kv(
+    self, inputs_kv: jnp.ndarray, inputs_q: jnp.ndarray | None
+  ) -> dict[str, jnp.ndarray]:
+    """The type's key/value-only arrays (`KeysValues.cache`); `inputs_q` is None when preparing
+    ahead of the queries. Types with `prepares_kv` override it."""
+    raise NotImplementedError
+
   # ----------------------------------------------------------------------------- helpers
 
-  def features(self, inputs_q: jnp.ndarray) -> tuple[int, int]:
-    """-> (qkv_features, head_dim), checking that heads divide the width."""
+  def features(self, inputs_q: jnp.ndarray | None) -> tuple[int, int]:
+    """-> (qkv_features, head_dim), checking that heads divide the width. `inputs_q` None (keys
+    prepared ahead of the queries) needs `qkv_features`."""
+    if self.qkv_features is None and inputs_q is None:
+      raise ValueError(f"{type(self).__name__}.prepare needs qkv_features (the query width)")
     qkv = self.qkv_features or inputs_q.shape[-1]
     if qkv % self.num_heads:
       raise ValueError(f"qkv_features={qkv} must be divisible by num_heads={self.num_heads}")

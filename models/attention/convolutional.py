@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from models.attention import masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
+from models.attention.base import KeysValues
 from models.attention.registry import register
 
 
@@ -39,27 +40,40 @@ def pad_for_taps(x: jnp.ndarray, width: int, axis: int) -> jnp.ndarray:
 class ConvolutionalAttention(ScoredAttention):
   """vᵀ tanh of a width-`kernel_size` convolution along keys over [query; key] pairs."""
 
+  projects_keys = False  # the keys enter through `key_conv` (prepared: `key_part`)
+
   kernel_size: int = 3
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
+  def conv_kernel(self, name: str, features: int, head_dim: int) -> jnp.ndarray:
+    """W_c's query or key part `[K, features, H, Dh]`."""
+    return head_param(
+      self,
+      name,
+      (self.kernel_size, features, self.num_heads, head_dim),
+      (None, "embed", "heads", "kv"),
+      (0, 1),
+      (2, 3),
+    )
+
+  def prepare_kv(
+    self, inputs_kv: jnp.ndarray, inputs_q: jnp.ndarray | None
+  ) -> dict[str, jnp.ndarray]:
+    """The values and the key part of the convolution, shifted per tap `[B, Tk, K, H, Dh]`."""
+    out = super().prepare_kv(inputs_kv, inputs_q)
+    _, head_dim = self.features(inputs_q)
+    width, kv_len = self.kernel_size, inputs_kv.shape[1]
+    w_k = self.conv_kernel("key_conv", inputs_kv.shape[-1], head_dim)
+    key_part = jnp.einsum("bje,rehd->bjrhd", jnp.asarray(inputs_kv, self.dtype), w_k)
+    padded = pad_for_taps(key_part, width, axis=1)
+    # key_shifted[b, j, r] = key_part[b, j + r - c, r] (0 outside the sequence)
+    out["key_shifted"] = jnp.stack([padded[:, r : r + kv_len, r] for r in range(width)], axis=2)
+    return out
+
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     _, head_dim = self.features(inputs_q)
     heads, width = self.num_heads, self.kernel_size
-    batch, q_len, kv_len = inputs_q.shape[0], inputs_q.shape[1], inputs_kv.shape[1]
-
-    def conv_kernel(name, features):
-      return head_param(
-        self,
-        name,
-        (width, features, heads, head_dim),
-        (None, "embed", "heads", "kv"),
-        (0, 1),
-        (2, 3),
-      )
-
-    w_q = conv_kernel("query_conv", inputs_q.shape[-1])
-    w_k = conv_kernel("key_conv", inputs_kv.shape[-1])
+    batch, q_len, kv_len = inputs_q.shape[0], inputs_q.shape[1], kv.length
+    w_q = self.conv_kernel("query_conv", inputs_q.shape[-1], head_dim)
     v = energy_vector(self, heads, head_dim)
 
     visible = jnp.ones((1, 1, q_len, kv_len), self.dtype) if mask is None else masks.as_4d(mask)
@@ -69,14 +83,9 @@ class ConvolutionalAttention(ScoredAttention):
     taps = jnp.stack([padded[..., r : r + kv_len] for r in range(width)], axis=-1)
 
     x_q = jnp.asarray(inputs_q, self.dtype)
-    x_kv = jnp.asarray(inputs_kv, self.dtype)
     query_part = jnp.einsum("bte,rehd->btrhd", x_q, w_q)  # [B, Tq, K, H, Dh]
-    key_part = jnp.einsum("bje,rehd->bjrhd", x_kv, w_k)  # [B, Tk, K, H, Dh]
-    padded = pad_for_taps(key_part, width, axis=1)
-    # key_shifted[b, j, r] = key_part[b, j + r - c, r] (0 outside the sequence)
-    key_shifted = jnp.stack([padded[:, r : r + kv_len, r] for r in range(width)], axis=2)
     hidden = jnp.einsum("bhtjr,btrhd->bhtjd", taps, query_part)
-    hidden = hidden + jnp.einsum("bhtjr,bjrhd->bhtjd", taps, key_shifted)
+    hidden = hidden + jnp.einsum("bhtjr,bjrhd->bhtjd", taps, kv.cache["key_shifted"])
     if self.use_bias:
       bias = self.param(
         "conv_bias",

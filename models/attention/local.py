@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from models.attention import masks
 from models.attention._scores import ScoredAttention, head_param, score_fn
-from models.attention.base import normalize
+from models.attention.base import KeysValues, normalize
 from models.attention.registry import register
 
 MODES = ("monotonic", "predictive")
@@ -42,7 +42,7 @@ class LocalAttention(ScoredAttention):
   def weights(
     self,
     inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray,
+    kv: KeysValues,
     mask: jnp.ndarray | None,
     input_mask: jnp.ndarray | None,
   ) -> jnp.ndarray:
@@ -50,7 +50,7 @@ class LocalAttention(ScoredAttention):
       raise ValueError(f"local attention: mode={self.mode!r}; valid: {', '.join(MODES)}")
     if self.window < 1:
       raise ValueError(f"local attention: window={self.window} must be >= 1")
-    q, k = self.project(inputs_q, inputs_kv)
+    q, k = self.project(inputs_q, kv)
     scores = score_fn(self.score)(self, q, k)  # [B, H, Tq, Tk]
     centre = self.centres(q, input_mask, k.shape[1])  # [B|1, H|1, Tq]
     offset = jnp.arange(k.shape[1], dtype=jnp.float32) - centre[..., None]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from models.attention import masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
-from models.attention.base import normalize
+from models.attention.base import KeysValues, normalize
 from models.attention.registry import register
 
 STATE = "attention_state"
@@ -55,6 +55,8 @@ class LocationSensitiveAttention(ScoredAttention):
   def init_state(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None) -> None:
     """Zero alignment `[B, H, Tk]` in `attention_state` (a new sequence of steps)."""
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    if isinstance(inputs_kv, KeysValues):
+      inputs_kv = inputs_kv.inputs
     if not self.is_mutable_collection(STATE):
       raise ValueError(
         "location_sensitive attention keeps its alignment in 'attention_state': apply the model "
@@ -66,11 +68,11 @@ class LocationSensitiveAttention(ScoredAttention):
   def weights(
     self,
     inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray,
+    kv: KeysValues,
     mask: jnp.ndarray | None,
     input_mask: jnp.ndarray | None,
   ) -> jnp.ndarray:
-    q, k = self.project(inputs_q, inputs_kv)  # [B, T, H, Dh]
+    q, k = self.project(inputs_q, kv)  # [B, T, H, Dh]
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
     conv = head_param(

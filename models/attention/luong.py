@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.attention._scores import ScoredAttention, dot_scores, general_scores
-from models.attention.base import default_kernel_init
+from models.attention.base import KeysValues, default_kernel_init
 from models.attention.registry import register
 
 
@@ -25,20 +25,16 @@ from models.attention.registry import register
 class DotAttention(ScoredAttention):
   """Luong dot score e = qᵀk on per-head projections (unscaled, unlike `scaled_dot`)."""
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
-    return dot_scores(self, *self.project(inputs_q, inputs_kv))
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
+    return dot_scores(self, *self.project(inputs_q, kv))
 
 
 @register("general")
 class GeneralAttention(ScoredAttention):
   """Luong general (bilinear) score e = qᵀ W k."""
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
-    return general_scores(self, *self.project(inputs_q, inputs_kv))
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
+    return general_scores(self, *self.project(inputs_q, kv))
 
 
 @register("location")
@@ -49,12 +45,12 @@ class LocationAttention(ScoredAttention):
   padded keys are hidden by the mask like for every type.
   """
 
+  projects_keys = False  # the scores do not read the keys
+
   max_length: int = 512
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
-    kv_len = inputs_kv.shape[1]
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
+    kv_len = kv.length
     if kv_len > self.max_length:
       raise ValueError(f"location attention: key length {kv_len} > max_length={self.max_length}")
     e = nn.DenseGeneral(

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.attention._scores import ScoredAttention, energy_vector
+from models.attention.base import KeysValues
 from models.attention.registry import register
 
 
@@ -25,12 +26,13 @@ from models.attention.registry import register
 class RecurrentAttention(ScoredAttention):
   """LSTM over [query; key] pairs along the keys, scored by vᵀ tanh(W_r h)."""
 
+  projects_keys = False  # the LSTM reads the raw keys, paired with each query
+
   hidden_size: int | None = None  # LSTM width; defaults to qkv_features
 
-  def scores(
-    self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, mask: jnp.ndarray | None
-  ) -> jnp.ndarray:
+  def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     qkv, head_dim = self.features(inputs_q)
+    inputs_kv = kv.inputs
     batch, q_len, kv_len = inputs_q.shape[0], inputs_q.shape[1], inputs_kv.shape[1]
     pairs = jnp.concatenate(
       [

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import masks
-from models.attention.base import Attention, normalize
+from models.attention.base import Attention, KeysValues, normalize
 from models.attention.registry import register
 
 IMPLEMENTATIONS = ("auto", "xla", "jax")
@@ -71,6 +71,8 @@ class ScaledDotProductAttention(Attention):
   top_k: int | None = None
   decode: bool = False  # autoregressive: keys/values cached, see `update_cache`
 
+  prepares_kv = True
+
   def kv_heads(self) -> int:
     return check_kv_heads(self.num_heads, self.num_kv_heads)
 
@@ -85,17 +87,32 @@ class ScaledDotProductAttention(Attention):
       return False
     return self.implementation in ("jax", "auto") and plain and not wants_weights
 
+  def prepare_kv(
+    self, inputs_kv: jnp.ndarray, inputs_q: jnp.ndarray | None
+  ) -> dict[str, jnp.ndarray]:
+    """The `key` and `value` projections `[B, Tk, Hkv, Dh]`."""
+    _, head_dim = self.features(inputs_q)
+    kv_heads = self.kv_heads()
+    return {
+      "key": self.dense_heads(inputs_kv, "key", kv_heads, head_dim),
+      "value": self.dense_heads(inputs_kv, "value", kv_heads, head_dim),
+    }
+
   @nn.compact
   def __call__(
     self,
-    inputs_q: jnp.ndarray,
-    inputs_kv: jnp.ndarray | None = None,
+    inputs_q: jnp.ndarray | None,
+    inputs_kv: jnp.ndarray | KeysValues | None = None,
     *,
     mask: jnp.ndarray | None = None,
     deterministic: bool = True,
-  ) -> jnp.ndarray:
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-    q, k, v = self.project_qkv(inputs_q, inputs_kv, self.kv_heads())
+  ) -> jnp.ndarray | KeysValues:
+    _, head_dim = self.features(inputs_q)
+    q = None if inputs_q is None else self.dense_heads(inputs_q, "query", self.num_heads, head_dim)
+    kv = self.keys_values(inputs_q, inputs_kv)
+    if inputs_q is None:  # `prepare`
+      return kv
+    k, v = kv.cache["key"], kv.cache["value"]
     q_len = q.shape[1]
     causal_offset = 0
     if self.decode:
