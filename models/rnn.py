@@ -125,8 +125,6 @@ class RNNConfig:
   bidirectional: bool = True  # encoder
   attention_placement: str = "luong"  # bahdanau | luong | none
   input_feeding: bool = True  # luong: feed h̃_{t-1} into the next step
-  num_heads: int = 1  # attention heads
-  qkv_dim: int = 0  # attention width; 0: = hidden width
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   share_embeddings: bool = False
@@ -145,12 +143,22 @@ class RNNConfig:
   def compute_dtype(self) -> Any:
     return dtype_of(self.dtype)
 
+  @property
+  def attention_shape(self) -> tuple[int, int]:
+    """(heads, qkv width) the RNN gives its attention: the papers' single head of the decoder's
+    width (Bahdanau et al. 2015, Luong et al. 2015, Chorowski et al. 2015), for every type,
+    unless `config.model.attention` sets `num_heads` / `qkv_features` explicitly (the
+    Transformer's `num_heads` / `qkv_dim` are not read)."""
+    explicit = attention_lib.shape_fields(self.attention)
+    return explicit.get("num_heads", 1), explicit.get("qkv_features") or self.hidden
+
 
 def make_attention(cfg: RNNConfig, **kw: Any) -> attention_lib.Attention:
   """The decoder's attention over the encoder outputs (queries: the decoder state `[B, 1, H]`)."""
+  heads, qkv = cfg.attention_shape
   return attention_lib.build(dict(cfg.attention))(
-    num_heads=cfg.num_heads,
-    qkv_features=cfg.qkv_dim or cfg.hidden,
+    num_heads=heads,
+    qkv_features=qkv,
     out_features=cfg.hidden,
     causal=False,
     dropout_rate=cfg.attention_dropout_rate,
@@ -240,9 +248,9 @@ class RNNSeq2Seq(nn.Module):
     if cfg.num_layers < 1:
       raise ValueError(f"num_layers={cfg.num_layers} must be >= 1")
     if cfg.attention_placement != "none":
-      qkv = cfg.qkv_dim or cfg.hidden
-      if qkv % cfg.num_heads:
-        raise ValueError(f"num_heads={cfg.num_heads} must divide qkv_dim={qkv}")
+      heads, qkv = cfg.attention_shape
+      if qkv % heads:
+        raise ValueError(f"attention num_heads={heads} must divide qkv_features={qkv}")
       check_attention_roles(attention_lib.get(dict(cfg.attention)["name"]), ("cross",))
 
   def setup(self):

@@ -68,8 +68,16 @@ class StackConfig:
     return dtype_of(self.dtype)
 
   @property
+  def attention_shape(self) -> tuple[int, int]:
+    """(heads, qkv width) of every attention: `num_heads`, `qkv_dim`, unless
+    `config.model.attention` sets `num_heads` / `qkv_features` explicitly."""
+    explicit = attention_lib.shape_fields(self.attention)
+    return explicit.get("num_heads", self.num_heads), explicit.get("qkv_features", self.qkv_dim)
+
+  @property
   def head_dim(self) -> int:
-    return self.qkv_dim // self.num_heads
+    heads, qkv = self.attention_shape
+    return qkv // heads
 
   def attention_fields(self, cross: str | None = None) -> dict[str, Any]:
     """`{"name": ..., **fields}` of the self-attention, or with `cross` (a registered type name,
@@ -108,10 +116,9 @@ def validate_stack(
 ) -> None:
   """Shared checks; `roles` among 'self', 'causal', 'cross' (what the attention must do),
   `lengths` the sequence lengths the positions must cover, `cross_attention` the cross type."""
-  if cfg.emb_dim % cfg.num_heads or cfg.qkv_dim % cfg.num_heads:
-    raise ValueError(
-      f"num_heads={cfg.num_heads} must divide emb_dim={cfg.emb_dim} and qkv_dim={cfg.qkv_dim}"
-    )
+  heads, qkv = cfg.attention_shape
+  if cfg.emb_dim % heads or qkv % heads:
+    raise ValueError(f"num_heads={heads} must divide emb_dim={cfg.emb_dim} and qkv_dim={qkv}")
   if cfg.position not in POSITIONS:
     raise ValueError(f"position={cfg.position!r}; valid: {', '.join(POSITIONS)}")
   if cfg.position == "rotary" and cfg.head_dim % 2:
@@ -146,9 +153,10 @@ def validate_stack(
 def make_attention(
   cfg: StackConfig, causal: bool, name: str, cross: str | None = None
 ) -> Attention:
+  heads, qkv = cfg.attention_shape
   return cfg.make_attention(cross)(
-    num_heads=cfg.num_heads,
-    qkv_features=cfg.qkv_dim,
+    num_heads=heads,
+    qkv_features=qkv,
     out_features=cfg.emb_dim,
     causal=causal,
     dropout_rate=cfg.attention_dropout_rate,

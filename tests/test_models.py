@@ -274,7 +274,7 @@ def test_packing_rejected_for_key_padding_only_types(monkeypatch):
     ("encoder_classifier", {"max_len": 6}, "max_len"),  # + [CLS]
     ("rnn_seq2seq", {"cell": "tree"}, "cell"),
     ("rnn_seq2seq", {"attention_placement": "middle"}, "attention_placement"),
-    ("rnn_seq2seq", {"num_heads": 3}, "num_heads"),
+    ("rnn_seq2seq", {"attention": {"name": "scaled_dot", "num_heads": 3}}, "num_heads"),
     ("decoder_lm", {"qkv_dim": 6, "num_heads": 4}, "must divide"),
   ],
 )

@@ -40,10 +40,8 @@ def rnn_config(**kw) -> dict:
     name="rnn_seq2seq",
     emb_dim=8,
     hidden_dim=6,
-    num_heads=2,
-    qkv_dim=8,
     dropout_rate=0.2,  # off at eval: stepping must still match
-    attention={"name": "scaled_dot"},
+    attention={"name": "scaled_dot", "num_heads": 2, "qkv_features": 8},
   )
   cfg.update(kw)
   return cfg
@@ -136,10 +134,8 @@ def test_attention_type_steps_in_rnn_decoder(attention_name):
     output_vocab_size=11,
     emb_dim=8,
     hidden_dim=6,
-    num_heads=2,
-    qkv_dim=8,
     attention_placement="bahdanau",
-    attention=freeze_mapping({"name": attention_name}),
+    attention=freeze_mapping({"name": attention_name, "num_heads": 2, "qkv_features": 8}),
   )
   cell = DecoderCell(cfg)
   rng = np.random.default_rng(0)
@@ -181,3 +177,25 @@ def test_packed_batches_are_rejected():
   batch = {**BATCH, "inputs_segmentation": (BATCH["inputs"] > 0).astype(jnp.int32)}
   with pytest.raises(ValueError, match="packed"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), batch))
+
+
+def attention_params(model_config: dict) -> dict:
+  model = models.build(model_config, Info())
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), BATCH))["params"]
+  return jax.tree.map(lambda x: x.shape, nn.unbox(shapes))["cell"]["attention"]
+
+
+def test_classic_attention_gets_its_papers_shape():
+  """Bahdanau's additive attention: one head of the decoder's width (hidden 6), whatever the
+  Transformer fields say; `config.model.attention` may ask for another shape explicitly."""
+  transformer_fields = {"num_heads": 8, "qkv_dim": 512}  # as configs/translation.py sets them
+  cfg = rnn_config(attention={"name": "additive"}, attention_placement="bahdanau")
+  params = attention_params({**cfg, **transformer_fields})
+  assert params["query"]["kernel"] == (6, 1, 6)  # query: s_{t-1} [B, 6]
+  assert params["key"]["kernel"] == (12, 1, 6)  # keys: the bidirectional encoder [B, S, 2·6]
+  assert params["energy"] == (1, 6)
+  explicit = {"name": "additive", "num_heads": 2, "qkv_features": 8}
+  params = attention_params({**cfg, **transformer_fields, "attention": explicit})
+  assert params["query"]["kernel"] == (6, 2, 4) and params["energy"] == (2, 4)
+  with pytest.raises(ValueError, match="num_heads=4 must divide qkv_features=6"):
+    models.check({**cfg, "attention": {"name": "additive", "num_heads": 4}}, Info())

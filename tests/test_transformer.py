@@ -225,3 +225,15 @@ def test_transformer_base_parameter_count():
   encoder = n * (attention + mlp + 2 * ln) + ln
   decoder = n * (2 * attention + mlp + 3 * ln) + ln
   assert count == v * d + encoder + decoder  # 44.1M (+ biases/norms vs the paper's 65M w/o tying)
+
+
+def test_attention_shape_fields_override_the_model_fields():
+  """`config.model.attention.num_heads` / `qkv_features` win over `num_heads` / `qkv_dim`."""
+  attention = {"name": "scaled_dot", "implementation": "xla", "num_heads": 4, "qkv_features": 8}
+  model = models.build(model_config(attention=attention), Info())
+  batch = random_batch()
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"]
+  block = nn.unbox(shapes)["encoder"]["encoderblock_0"]["self_attention"]
+  assert block["query"]["kernel"].shape == (16, 4, 2)
+  with pytest.raises(ValueError, match="must divide"):
+    models.check(model_config(attention={"name": "scaled_dot", "num_heads": 3}), Info())

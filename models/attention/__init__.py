@@ -19,6 +19,15 @@ from models.attention.base import Attention
 from models.attention.registry import REGISTRY, get, register  # noqa: F401
 
 SHARED_FIELDS = frozenset(f.name for f in dataclasses.fields(Attention)) - {"parent", "name"}
+# Shared fields `config.model.attention` may set explicitly: the attention's shape, which each
+# model family otherwise gives a type itself (the RNN: one head of its hidden width; the
+# Transformer: `num_heads`, `qkv_dim`). `build` leaves them to the family (`shape_fields`).
+SHAPE_FIELDS = frozenset({"num_heads", "qkv_features"})
+
+
+def shape_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The shape fields (`SHAPE_FIELDS`) that an attention config sets explicitly."""
+  return {k: v for k, v in dict(config).items() if k in SHAPE_FIELDS}
 
 
 def own_fields(name: str) -> set[str]:
@@ -28,13 +37,14 @@ def own_fields(name: str) -> set[str]:
 
 
 def build(config: Mapping[str, Any]) -> Callable[..., Attention]:
-  """`{"name": ..., **type_fields}` -> constructor taking the shared fields (num_heads, ...)."""
+  """`{"name": ..., **type_fields}` -> constructor taking the shared fields (num_heads, ...);
+  shape fields in `config` are the model family's to read (`shape_fields`)."""
   fields = dict(config)
   name = fields.pop("name")
   cls = get(name)
   # Fields of other registered types are ignored, so a sweep can change only the name.
   known_anywhere = set().union(*(own_fields(n) for n in REGISTRY))
-  unknown = set(fields) - known_anywhere
+  unknown = set(fields) - known_anywhere - SHAPE_FIELDS
   if unknown:
     raise ValueError(
       f"attention {name!r} has no field(s) {sorted(unknown)}; "
