@@ -28,7 +28,12 @@ from models import attention
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 TARGETS_DOC, ALL_TYPES_DOC = "benchmarks.md", "benchmarks_all_types.md"
-KEPT_SECTIONS = ("Training loop", "GPU", "Input pipeline")  # written by others; kept verbatim
+KEPT_SECTIONS = (  # written by others; kept verbatim
+  "Training loop",
+  "GPU",
+  "Input pipeline",
+  "RNN attention step",
+)
 
 MHA = attention_cost.Shape(batch=8, length=0, heads=8, head_dim=64)
 MHA_LENGTHS = (512, 1024, 2048)
@@ -395,12 +400,13 @@ def kept_sections(old: str) -> dict[str, str]:
 
 def compose(measured_doc: str, old: str) -> str:
   """The new doc: measurements, the training-loop section if there was one, the GPU section
-  (kept or placeholder), then the input pipeline section if there was one."""
+  (kept or placeholder), then the input pipeline and RNN attention sections if there were."""
   kept = kept_sections(old)
   parts = [measured_doc, *([kept["Training loop"]] if "Training loop" in kept else [])]
   parts.append(kept.get("GPU", GPU_PLACEHOLDER))
-  if "Input pipeline" in kept:
-    parts.append(kept["Input pipeline"])
+  for name in ("Input pipeline", "RNN attention step"):
+    if name in kept:
+      parts.append(kept[name])
   return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
