@@ -6,7 +6,9 @@
 
 Several processes (one per host or per GPU): experiments/run/distributed.py, docs/long_runs.md.
 
-Exit status: 0 finished, 2 bad input (one line on stderr: config, flags, workdir), 1 a failure.
+Exit status: 0 finished; 75 stopped on request (SIGTERM, Ctrl-C: checkpoint saved, rerun the
+same command to resume; a launcher may requeue on it); 2 bad input (one line on stderr: config,
+flags, a workdir in use or damaged, disk full); 130 a second Ctrl-C; 1 a failure.
 The config is read and checked before TensorFlow is imported and before JAX starts, so a bad
 field fails in about a second.
 """
@@ -22,6 +24,9 @@ OVERRIDES: list[str] = []  # the --config.a.b=v arguments, applied by experiment
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_string(
   "config", None, "Experiment file, e.g. configs/default.py:arg; fields: --config.a.b=value."
+)
+flags.DEFINE_bool(
+  "restart", False, "Train from step 0: what the workdir holds moves to workdir/previous.N/."
 )
 flags.DEFINE_bool("sweep", False, "Run every point of the experiment file's get_sweep(arg).")
 flags.DEFINE_integer("sweep_parallel", 1, "With --sweep: points run as this many local processes.")
@@ -75,7 +80,7 @@ def main(argv):
   import jax
 
   from experiments.compare import report, search, sweep
-  from experiments.run import checkpoints, distributed, train, validate
+  from experiments.run import checkpoints, distributed, preemption, train, validate, workdir
 
   launcher = (FLAGS.sweep or FLAGS.seeds) and FLAGS.sweep_parallel > 1 and FLAGS.sweep_point is None
   launcher = launcher or (FLAGS.search and FLAGS.search_workers > 1 and not FLAGS.search_worker)
@@ -97,10 +102,14 @@ def main(argv):
       )  # fmt: skip
       if FLAGS.sweep_point is not None and sweep.FAILED in statuses:
         sys.exit(1)  # e.g. a failed task of a job array
+      if sweep.PREEMPTED in statuses:
+        sys.exit(preemption.EXIT_PREEMPTED)
       if FLAGS.sweep_point is None and jax.process_index() == 0:
         report.print_summary(report.write_report(FLAGS.workdir))
     else:
-      train.train_and_evaluate(config, FLAGS.workdir)  # checks the task's and devices' rules
+      results = train.train_and_evaluate(config, FLAGS.workdir, restart=FLAGS.restart)
+      if results.get("status") == "preempted":
+        sys.exit(preemption.EXIT_PREEMPTED)
   except (
     validate.ConfigError,
     distributed.LaunchError,
@@ -109,6 +118,19 @@ def main(argv):
     search.SearchError,
   ) as e:
     config_file.fail(e)
+  except Exception as e:
+    if not workdir.disk_full(e):
+      raise
+    config_file.fail(
+      f"disk full under {FLAGS.workdir!r}: stopped; the last complete checkpoint "
+      "is kept. Free space and run the same command to resume"
+    )
+  except KeyboardInterrupt:
+    config_file.fail(
+      "interrupted twice: stopped without a final checkpoint (the last complete "
+      "one is kept; run the same command to resume)",
+      code=130,
+    )
 
 
 if __name__ == "__main__":

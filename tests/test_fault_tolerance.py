@@ -19,7 +19,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 import input_pipeline
 from configs import default
-from experiments.run import checkpoints, preemption, train, validate
+from experiments.run import checkpoints, preemption, train, validate, workdir
 from tests.helpers import TINY_FLAGS, Main, checkpoint_steps, read_json, records, tiny_config
 
 KILL_DELAYS = random.Random(20)  # when after a checkpoint a run is killed: fixed by the seed
@@ -60,7 +60,7 @@ def _assert_all_finite(tree) -> None:
 
 @pytest.mark.slow
 def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
-  """One run: SIGTERM (clean stop, exit 0), the same command (resumes), kill -9 right after a
+  """One run: SIGTERM (clean stop, exit 75), the same command (resumes), kill -9 right after a
   checkpoint, a planted half-written checkpoint, the same command again: it resumes from the last
   complete checkpoint and ends exactly like an uninterrupted run."""
   flags = [
@@ -76,7 +76,7 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
   run = Main(work, *flags, cache=cache)
   run.wait_for(lambda: (work / "metrics.jsonl").exists())  # a few steps logged
   run.proc.send_signal(signal.SIGTERM)
-  assert run.wait() == 0, run.output()[-3000:]
+  assert run.wait() == preemption.EXIT_PREEMPTED, run.output()[-3000:]
   out = run.output()
   stopped = checkpoint_steps(work)[-1]
   assert 0 < stopped < 150 and not (work / "results.json").exists()
@@ -144,10 +144,11 @@ def test_failed_save_and_damaged_checkpoints_are_never_loaded(tmp_path, monkeypa
     patch.setattr(
       json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", _fail_latest_save_at(12)
     )
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match="No space left on device") as failure:
       train.train_and_evaluate(config, str(tmp_path))
   assert checkpoint_steps(tmp_path) == [4, 8]
-  assert glob.glob(str(latest / "12.*tmp*"))  # the unfinished save, never listed
+  assert not glob.glob(str(latest / "12.*tmp*"))  # the unfinished save, removed at exit
+  assert workdir.disk_full(failure.value)  # main.py: one line, exit status 2
 
   _flip_bytes(latest / "8")
   caplog.clear()

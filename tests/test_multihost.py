@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import pytest
 
-from experiments.run import distributed
+from experiments.run import distributed, preemption
 from tests.helpers import TINY_FLAGS, Main, checkpoint_steps, read_json, records
 
 
@@ -54,7 +54,7 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
   procs[1].wait_for(lambda: (two / "metrics.jsonl").exists())
   procs[1].proc.send_signal(signal.SIGTERM)
   for p in procs:
-    assert p.wait() == 0, p.output()[-3000:]
+    assert p.wait() == preemption.EXIT_PREEMPTED, p.output()[-3000:]
   outs = [p.output() for p in procs]
   assert "JAX process 0/2" in outs[0] and "JAX process 1/2" in outs[1]
   assert "SIGTERM" in outs[1] and "SIGTERM" not in outs[0]

@@ -1,23 +1,97 @@
-"""Run hygiene: one process per workdir (a lock the OS frees on death), damaged side files,
-resume and exit codes."""
+"""Run hygiene: one process per workdir (a lock the OS frees on death), a second Ctrl-C, resume
+from the newest complete checkpoint, a removed checkpoints/ and --restart, reruns."""
 
+import glob
 import os
+import shutil
 import signal
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+
+from experiments.run import checkpoints, train, validate, workdir
+from tests.helpers import ROOT, TINY_FLAGS, Main, checkpoint_steps, read_json, tiny_config
+
+HOLD = """
+import sys, time
 from experiments.run import workdir
-from tests.helpers import TINY_FLAGS, Main
+lock = workdir.exclusive(sys.argv[1])
+lock.__enter__()
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
-def test_second_process_on_a_workdir_is_refused_and_kill_9_frees_it(tmp_path):
+def test_second_process_is_refused_and_a_second_ctrl_c_exits_cleanly(tmp_path):
   run = tmp_path / "run"
-  first = Main(run, *TINY_FLAGS, "--config.train.num_steps=100000")
+  flags = [
+    *TINY_FLAGS,
+    "--config.train.num_steps=100000",
+    "--config.train.checkpoint_every_steps=1",
+  ]
+  first = Main(run, *flags)
   first.wait_for(lambda: (run / "metrics.jsonl").exists(), timeout=300)  # training
-  second = Main(run, *TINY_FLAGS, "--config.train.num_steps=100000")
+  second = Main(run, *flags)
   assert second.wait() == 2, second.output()[-3000:]
   errors = [line for line in second.output().splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"is in use by process {first.proc.pid} on " in errors[0], errors
   assert first.proc.poll() is None  # the holder trains on
-  first.proc.send_signal(signal.SIGKILL)
-  first.wait()
-  with workdir.exclusive(str(run)):  # a dead holder never blocks
-    assert f"process {os.getpid()} " in (run / workdir.LOCK).read_text()
+
+  first.proc.send_signal(signal.SIGINT)  # the final save takes ~0.2 s: the second lands in it
+  first.wait_for(lambda: "SIGINT: finishing the current step" in first.output())
+  first.proc.send_signal(signal.SIGINT)
+  assert first.wait() == 130, first.output()[-3000:]
+  out = first.output()
+  assert "error: interrupted twice: stopped without a final checkpoint" in out
+  assert "Traceback" not in out
+  assert checkpoint_steps(run) and not glob.glob(str(run / "checkpoints" / "*" / "*tmp*"))
+
+
+def test_a_killed_holder_never_blocks(tmp_path):
+  holder = subprocess.Popen(
+    [sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+  )
+  assert holder.stdout.readline().strip() == "held"
+  refused = pytest.raises(validate.ConfigError, match=f"in use by process {holder.pid} on ")
+  with refused, workdir.exclusive(str(tmp_path)):
+    pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with workdir.exclusive(str(tmp_path)):
+    assert f"process {os.getpid()} " in (tmp_path / workdir.LOCK).read_text()
+
+
+def _state(value: float) -> dict:
+  return {"w": np.full((4,), value, np.float32), "step": np.int32(value)}
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_deletes_nothing(tmp_path):
+  """Killed between the best save and the next latest save: the best one is newer."""
+  with checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max") as ckpt:
+    ckpt.save(2, _state(2), {"next_batch": 2}, force=True)
+    ckpt.save_best(4, _state(4), {"next_batch": 4}, {"accuracy": 0.5})
+  with checkpoints.Checkpoints(str(tmp_path), 2, "accuracy", "max") as ckpt:
+    state, meta = ckpt.restore_latest(None)
+    assert meta["next_batch"] == 4 and int(state["step"]) == 4
+    assert ckpt.best.all_steps() == [4] and ckpt.latest.all_steps() == [2]
+
+
+@pytest.mark.slow
+def test_rerun_keeps_throughput_and_lost_checkpoints_ask_for_restart(tmp_path):
+  config = tiny_config(steps=4)
+  config.train.update(log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
+  done = train.train_and_evaluate(config, str(tmp_path))
+  assert done["throughput"]["steps_per_sec"] is not None
+  again = train.train_and_evaluate(config, str(tmp_path))  # finished: trains nothing
+  assert (
+    again["throughput"] == done["throughput"] == read_json(tmp_path / "results.json")["throughput"]
+  )
+  shutil.rmtree(tmp_path / "checkpoints")
+  with pytest.raises(validate.ConfigError, match="metrics.jsonl but no checkpoints/.*--restart"):
+    train.train_and_evaluate(config, str(tmp_path))
+  fresh = train.train_and_evaluate(config, str(tmp_path), restart=True)
+  assert fresh["step"] == 4 and checkpoint_steps(tmp_path) == [4]
+  kept = sorted(os.listdir(tmp_path / "previous.1"))
+  assert {"config.json", "metrics.jsonl", "results.json"} <= set(kept), kept

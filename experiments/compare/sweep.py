@@ -36,7 +36,7 @@ import ml_collections
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache
 
-from experiments.run import train, validate
+from experiments.run import preemption, train, validate
 
 FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempted"
 NOT_RUN = "not run"
@@ -323,10 +323,11 @@ def _run_parallel(
         del running[k]
         directory = os.path.join(workdir, names[k])
         status = _status_of(directory)
-        if status is None and proc.returncode != 0:  # died before it could record an error
+        stopped = proc.returncode in (0, preemption.EXIT_PREEMPTED)
+        if status is None and not stopped:  # died before it could record an error
           _write_crash(directory, proc.returncode)
           status = FAILED
-        # exit 0 without results: the point was asked to stop (it saved a checkpoint)
+        # no results, exit 0 or 75: the point was asked to stop (it saved a checkpoint)
         statuses[k] = status or PREEMPTED
         done += 1
         logging.info(

@@ -19,6 +19,7 @@ What can go wrong, and what happens:
 
 import collections
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -29,6 +30,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 DAMAGED_PREFIX = "damaged."
+TMP_MARK = ".orbax-checkpoint-tmp"  # a step orbax has not finished writing
 
 
 class NoGoodCheckpointError(RuntimeError):
@@ -158,15 +160,17 @@ class Checkpoints:
     return self._restore(self.best, step, abstract_state)[0]
 
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any]] | None:
-    """(state, meta) of the newest checkpoint that restores intact, falling back past damaged
-    ones (with a warning naming each) to older ones, then to the best one.
+    """(state, meta) of the newest complete checkpoint that restores intact, latest or best (a
+    kill between the two saves can leave the best one newer), falling back past damaged ones
+    (with a warning naming each, set aside as `damaged.<step>`) to older ones.
 
-    Best checkpoints newer than the step resumed from are deleted (they belong to steps the run
-    is about to redo). Returns None when the workdir has no checkpoint at all; raises
-    NoGoodCheckpointError if it has some (or damaged ones) but none restores.
+    Nothing newer than the step resumed from is deleted. Returns None when the workdir has no
+    checkpoint at all; raises NoGoodCheckpointError if it has some (or damaged ones) but none
+    restores.
     """
-    candidates = [(self.latest, s) for s in sorted(self.latest.all_steps(), reverse=True)]
-    candidates += [(self.best, s) for s in sorted(self.best.all_steps(), reverse=True)]
+    candidates = [(s, 1, self.latest) for s in self.latest.all_steps()]
+    candidates += [(s, 0, self.best) for s in self.best.all_steps()]
+    candidates = [(m, s) for s, _, m in sorted(candidates, key=lambda c: c[:2], reverse=True)]
     failed = []
     for manager, step in candidates:
       try:
@@ -185,8 +189,6 @@ class Checkpoints:
           "resuming from step %d; damaged steps %s were renamed %s<step>",
           step, [s for _, s, _ in failed], DAMAGED_PREFIX,
         )  # fmt: skip
-      for later in [s for s in self.best.all_steps() if s > step]:
-        self.best.delete(later)  # saved past `step` before a crash; the run redoes those steps
       return state, meta
     directory = os.fspath(self.latest.directory)
     damaged = sorted(d for d in os.listdir(directory) if d.startswith(DAMAGED_PREFIX))
@@ -221,7 +223,8 @@ class Checkpoints:
     return self
 
   def __exit__(self, *exc) -> None:
-    """Pending asynchronous saves complete even when training stops with an error."""
+    """Pending asynchronous saves complete even when training stops with an error; what a save
+    cut short left behind (a second Ctrl-C, a failed write) is removed."""
     try:
       self.wait()
     finally:
@@ -230,3 +233,9 @@ class Checkpoints:
           manager.close()
         except Exception as e:  # noqa: BLE001 - a failed save was already raised by wait()
           logging.warning("closing %s: %s", manager.directory, _short(e))
+      if jax.process_index() == 0:
+        for manager in (self.latest, self.best):
+          directory = os.fspath(manager.directory)
+          for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            if TMP_MARK in name:
+              shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

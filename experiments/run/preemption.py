@@ -18,6 +18,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# main.py's exit status after a stop on request (checkpoint saved; rerun to resume), so that a
+# launcher can requeue: EX_TEMPFAIL of sysexits.h. Finished runs exit 0.
+EXIT_PREEMPTED = 75
 _requested = threading.Event()
 
 

@@ -114,6 +114,7 @@ def train_and_evaluate(
   workdir: str,
   hooks: Sequence[Callable[[int], None]] = (),
   on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+  restart: bool = False,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json's dict.
 
@@ -121,13 +122,14 @@ def train_and_evaluate(
   it, is evaluated once on the test split (`results["test"]`). `hooks` are called with the step
   number after every step (e.g. to request a stop). `on_eval(step, {"eval/<metric>": value})` is
   called after every validation evaluation; if it returns True the run stops there (checkpoint
-  saved, status "pruned": a hyperparameter search's pruner).
+  saved, status "pruned": a hyperparameter search's pruner). `restart`: train from step 0, the
+  workdir's earlier files moved to `workdir/previous.N/`.
   """
   validate.check_config(config)
   with contextlib.ExitStack() as stack:  # closes checkpoints and writers on any exit
     if jax.process_index() == 0:
       stack.enter_context(exclusive(workdir))  # a second run on this workdir exits here
-    validate.prepare_workdir(workdir, config)
+    validate.prepare_workdir(workdir, config, restart=restart)
     stack.enter_context(preemption.handlers())  # a signal from here on: save and stop
     run = build.build(config, workdir=workdir)
     config, num_steps = run.config, run.config.train.num_steps  # epochs converted to steps
@@ -199,7 +201,7 @@ def train_and_evaluate(
     "best_step": meta["best_step"],
     "test": test,  # on the test split, from the best checkpoint (selected on validation)
     "splits": dict(run.datasets.splits),
-    "throughput": log.throughput(),
+    "throughput": log.throughput() if step > start_step else _earlier(workdir, "throughput"),
     "flops_per_step": run.steps.flops_per_step(),
     "params": int(run.num_params),
     "compile_seconds": run.steps.compile_seconds,
@@ -209,6 +211,15 @@ def train_and_evaluate(
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, "results.json"), results)
   return results
+
+
+def _earlier(workdir: str, key: str) -> Any:
+  """`key` of the results.json a finished run wrote before (rerunning it trains nothing)."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f)[key]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def _better(value: float, best: float, mode: str) -> bool:

@@ -255,8 +255,13 @@ def ignored_fields(config: ml_collections.ConfigDict, keys: list[str]) -> list[s
   return out
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writable, has space, and (if resuming) was made by a config of the same shapes."""
+# What a run writes into its workdir (`--restart` moves these to workdir/previous.N/).
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "config.json", "profile")
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bool = False) -> None:
+  """Writable, has space, and (if resuming) was made by a config of the same shapes and still
+  has its checkpoints; `restart` first moves the run's files to `workdir/previous.N/`."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
@@ -271,6 +276,15 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   _require(
     free >= MIN_FREE_BYTES,
     f"workdir {workdir!r} has only {free // 2**20} MiB free; free space or pick another --workdir",
+  )
+  if restart and jax.process_index() == 0:
+    _set_aside_run(workdir)
+  _require(
+    restart
+    or not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    or os.path.isdir(os.path.join(workdir, "checkpoints")),
+    f"workdir {workdir!r} has metrics.jsonl but no checkpoints/ (removed?): restore them to "
+    "resume, or add --restart to train from step 0 (the old files move to previous.N/)",
   )
   path = os.path.join(workdir, "config.json")
   new = json.loads(config.to_json_best_effort())
@@ -293,6 +307,20 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       f"workdir {workdir!r} holds a run whose config differs in {', '.join(keys)}; "
       "use a new --workdir for a fresh start",
     )
+
+
+def _set_aside_run(workdir: str) -> None:
+  names = [n for n in os.listdir(workdir) if n in RUN_FILES or n.startswith("events.out.")]
+  if not names:
+    return
+  n = 1
+  while os.path.exists(os.path.join(workdir, f"previous.{n}")):
+    n += 1
+  target = os.path.join(workdir, f"previous.{n}")
+  os.makedirs(target)
+  for name in names:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  logging.warning("--restart: the earlier run's files moved to %s", target)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

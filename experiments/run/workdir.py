@@ -6,6 +6,7 @@ exits or dies (kill -9 included), so a stale lock never blocks.
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -40,3 +41,16 @@ def exclusive(workdir: str) -> Iterator[None]:
     yield
   finally:
     os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is ENOSPC (No space left on device)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
