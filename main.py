@@ -133,5 +133,10 @@ def main(argv):
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The console entry point (`attention-lab`, installed by `pip install .`)."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -11,8 +11,16 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.run import checkpoints, train, validate, workdir
-from tests.helpers import ROOT, TINY_FLAGS, Main, checkpoint_steps, read_json, tiny_config
+from experiments.run import checkpoints, tasks, train, validate, workdir
+from tests.helpers import (
+  ROOT,
+  TINY_FLAGS,
+  Main,
+  checkpoint_steps,
+  read_json,
+  records,
+  tiny_config,
+)  # fmt: skip
 
 HOLD = """
 import sys, time
@@ -24,6 +32,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_and_a_second_ctrl_c_exits_cleanly(tmp_path):
   run = tmp_path / "run"
   flags = [
@@ -84,6 +93,11 @@ def test_rerun_keeps_throughput_and_lost_checkpoints_ask_for_restart(tmp_path):
   config.train.update(log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
   done = train.train_and_evaluate(config, str(tmp_path))
   assert done["throughput"]["steps_per_sec"] is not None
+  origin = done["provenance"]
+  assert len(origin["git_commit"]) == 40 and isinstance(origin["git_dirty"], bool)
+  assert origin["versions"]["jax"] and origin["versions"]["flax"] and origin["device_count"] >= 1
+  rates = [r["train/learning_rate"] for r in records(tmp_path) if "train/learning_rate" in r]
+  assert len(rates) == 2 and 0 < rates[0] < rates[1]  # warming up
   again = train.train_and_evaluate(config, str(tmp_path))  # finished: trains nothing
   assert (
     again["throughput"] == done["throughput"] == read_json(tmp_path / "results.json")["throughput"]
@@ -95,3 +109,8 @@ def test_rerun_keeps_throughput_and_lost_checkpoints_ask_for_restart(tmp_path):
   assert fresh["step"] == 4 and checkpoint_steps(tmp_path) == [4]
   kept = sorted(os.listdir(tmp_path / "previous.1"))
   assert {"config.json", "metrics.jsonl", "results.json"} <= set(kept), kept
+
+
+def test_lm_reports_perplexity():
+  assert tasks.with_derived("lm", {"loss": 2.0}) == {"loss": 2.0, "perplexity": np.exp(2.0)}
+  assert tasks.with_derived("seq2seq", {"loss": 2.0}) == {"loss": 2.0}

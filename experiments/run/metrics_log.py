@@ -65,8 +65,9 @@ class MetricsLog:
         )
         f.write("\n")
 
-  def write_train(self, step: int, state) -> None:
-    """Ends a log interval: its mean train metrics, steps/s and tokens/s, and a progress line."""
+  def write_train(self, step: int, state, extra: dict[str, float] | None = None) -> None:
+    """Ends a log interval: its mean train metrics, steps/s and tokens/s (and `extra` scalars,
+    e.g. the learning rate), and a progress line."""
     jax.block_until_ready(state)
     elapsed = self.window_paused + time.perf_counter() - self.window_start
     self.train_seconds += elapsed
@@ -76,6 +77,7 @@ class MetricsLog:
     merged = functools.reduce(lambda a, b: a.merge(b), self.train_metrics)
     scalars = {f"train/{k}": float(v) for k, v in merged.compute().items()}
     scalars |= {"train/steps_per_sec": rate, "train/tokens_per_sec": rate * self.tokens_per_step}
+    scalars |= extra or {}
     self.write(step, scalars)
     eta = (self.num_steps - step) / max(rate, 1e-9)
     logging.info(

@@ -5,6 +5,8 @@ averages are exact over any number of (padded) batches. `MAIN_METRIC[kind]` is t
 picks the best checkpoint and heads the reports.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -71,6 +73,13 @@ MAIN_METRIC = {
   "retrieval": ("accuracy", "max"),
   "lm": ("loss", "min"),
 }
+
+
+def with_derived(kind: str, computed: dict[str, float]) -> dict[str, float]:
+  """The averaged metrics plus those computed from them: an LM's perplexity, exp(token loss)."""
+  if kind == "lm" and "loss" in computed:
+    return {**computed, "perplexity": math.exp(min(computed["loss"], 700.0))}
+  return computed
 
 
 def batch_tokens(batch) -> int:

@@ -29,7 +29,9 @@ from experiments.run import (
   build,
   checkpoints,
   decode_eval,
+  optim,
   preemption,
+  provenance,
   sharding,
   tasks,
   validate,
@@ -79,9 +81,8 @@ class _Selection:
   def evaluate(self, state, split_batches=None, prefix="eval") -> dict[str, float]:
     run = self.run
     split_batches = self.validation if split_batches is None else split_batches
-    out = {
-      f"{prefix}/{k}": v for k, v in run.steps.evaluate(state, split_batches, run.mesh).items()
-    }
+    computed = tasks.with_derived(run.info.kind, run.steps.evaluate(state, split_batches, run.mesh))
+    out = {f"{prefix}/{k}": v for k, v in computed.items()}
     if decode_eval.enabled(run.config, run.info):
       out[f"{prefix}/bleu"] = decode_eval.bleu_score(
         run.model, state, split_batches, run.config, run.info, run.mesh
@@ -154,6 +155,9 @@ def train_and_evaluate(
     validate.write_config(workdir, config)  # only once the run has started
     log = stack.enter_context(MetricsLog(workdir, num_steps, start_step, meta["wall_seconds"]))
     log.tokens_per_step = tasks.batch_tokens(batch)
+    origin = provenance.collect()  # code, libraries, devices: results.json and TensorBoard
+    log.writer.write_hparams(provenance.hparams(config.to_dict(), origin))
+    learning_rate = optim.schedule(config.optimizer, num_steps // config.optimizer.grad_accum_steps)
     profile = stack.enter_context(Profile(workdir, *config.train.get("profile_steps", (0, 0))))
     every = _Every(config.train, num_steps)
     nonfinite_seen, pruned = int(state.nonfinite_total), False
@@ -173,7 +177,8 @@ def train_and_evaluate(
         continue
       nonfinite_seen = _check_nonfinite(config, state, nonfinite_seen, ckpt)
       if "log" in due:
-        log.write_train(step, state)
+        update = (step - 1) // config.optimizer.grad_accum_steps  # the last step's update
+        log.write_train(step, state, {"train/learning_rate": float(learning_rate(update))})
       if "eval" in due:
         with log.clock_stopped():
           pruned = selection(step, state, log)
@@ -207,6 +212,7 @@ def train_and_evaluate(
     "compile_seconds": run.steps.compile_seconds,
     "peak_memory_bytes": run.steps.peak_memory_bytes(),
     "wall_seconds": log.wall_seconds(),
+    "provenance": origin,
   }
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, "results.json"), results)
