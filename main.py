@@ -13,6 +13,7 @@ The config is read and checked before TensorFlow is imported and before JAX star
 field fails in about a second.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -29,6 +30,9 @@ flags.DEFINE_bool(
   "restart", False, "Train from step 0: what the workdir holds moves to workdir/previous.N/."
 )
 flags.DEFINE_bool("sweep", False, "Run every point of the experiment file's get_sweep(arg).")
+flags.DEFINE_bool(
+  "list", False, "With --sweep (or --seeds): print the number of points and their names; no run."
+)
 flags.DEFINE_integer("sweep_parallel", 1, "With --sweep: points run as this many local processes.")
 flags.DEFINE_integer(
   "sweep_point", None, "Run only point K of the sweep (e.g. a SLURM array task)."
@@ -69,10 +73,36 @@ def load_config():
   return config
 
 
+def exit_now(code: int) -> None:
+  """Exits at once, once output is flushed: the tf.data iterator and autotune threads would
+  otherwise hold the process for seconds to a minute after the results are written."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def list_points() -> None:
+  """`--sweep --list`: the point count (e.g. a SLURM array's size: --array=0-(N-1)), then one
+  `K name` line per point."""
+  from experiments.compare import sweep
+
+  try:
+    names = sweep.point_names(sweep.load_sweep(FLAGS.config, FLAGS.seeds))
+  except config_file.ConfigError as e:
+    config_file.fail(e)
+  print(f"{len(names)} points")
+  for k, name in enumerate(names):
+    print(k, name)
+
+
 def main(argv):
   if len(argv) > 1:
     config_file.fail(f"unexpected arguments: {argv[1:]}")
   config = load_config()
+  if FLAGS.list:
+    list_points()
+    return
   logging.get_absl_handler().addFilter(lambda r: "orbax" not in r.pathname)  # quiet checkpointing
   import tensorflow as tf
 
@@ -108,7 +138,10 @@ def main(argv):
         report.print_summary(report.write_report(FLAGS.workdir))
     else:
       results = train.train_and_evaluate(config, FLAGS.workdir, restart=FLAGS.restart)
-      if results.get("status") == "preempted":
+      stopped = results.get("status") == "preempted"
+      if jax.process_count() == 1:  # everything is written and closed: leave tf.data's threads
+        exit_now(preemption.EXIT_PREEMPTED if stopped else 0)
+      if stopped:
         sys.exit(preemption.EXIT_PREEMPTED)
   except (
     validate.ConfigError,

@@ -3,10 +3,12 @@ from the newest complete checkpoint, a removed checkpoints/ and --restart, rerun
 
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -114,3 +116,14 @@ def test_rerun_keeps_throughput_and_lost_checkpoints_ask_for_restart(tmp_path):
 def test_lm_reports_perplexity():
   assert tasks.with_derived("lm", {"loss": 2.0}) == {"loss": 2.0, "perplexity": np.exp(2.0)}
   assert tasks.with_derived("seq2seq", {"loss": 2.0}) == {"loss": 2.0}
+
+
+def test_one_progress_line_per_interval_and_exit_right_after_the_results(tmp_path):
+  run = tmp_path / "run"
+  main = Main(run, *TINY_FLAGS, "--config.train.num_steps=10", "--config.train.eval_every_steps=10")
+  assert main.wait() == 0, main.output()[-3000:]
+  exited = time.time()
+  out = main.output()
+  assert len(re.findall(r"step \d+/10 ", out)) == 2, out[-3000:]  # steps 5 and 10
+  assert "train/loss=" not in out  # no second writer repeating them
+  assert exited - os.path.getmtime(run / "results.json") < 2.0

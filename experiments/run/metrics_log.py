@@ -16,7 +16,9 @@ from clu import metric_writers
 class MetricsLog:
   def __init__(self, workdir: str, num_steps: int, start_step: int, wall_before: float):
     self.primary = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.primary)
+    # TensorBoard only: the progress and eval lines are the loop's own (one line per interval)
+    writers = [metric_writers.SummaryWriter(workdir)] if self.primary else []
+    self.writer = metric_writers.MultiWriter(writers)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.num_steps = num_steps
     self.wall_start, self.wall_before = time.time(), wall_before
