@@ -90,11 +90,14 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
   assert run.wait() == -signal.SIGKILL, run.output()[-3000:]
   assert f"resumed from step {stopped} " in run.output()
 
-  last = checkpoint_steps(work)[-1]
-  half = latest / f"{last + 25}.orbax-checkpoint-tmp"  # what a save cut short leaves behind
+  newest_latest = checkpoint_steps(work)[-1]
+  half = latest / f"{newest_latest + 25}.orbax-checkpoint-tmp"  # what a save cut short leaves
   if not half.exists():
-    shutil.copytree(latest / str(last), half)
+    shutil.copytree(latest / str(newest_latest), half)
     _truncate(half)
+  # a kill between the best save and the latest save of one step leaves the best one newer
+  best_steps = [int(d) for d in os.listdir(work / "checkpoints" / "best") if d.isdigit()]
+  last = max([newest_latest, *best_steps])
 
   run = Main(work, *flags, cache=cache)
   assert run.wait() == 0, run.output()[-3000:]

@@ -255,3 +255,12 @@ def test_parallel_points_run_as_processes(tmp_path):
   command = [*command[:2], f"--config={bad}", f"--workdir={workdir}", "--sweep_point=0"]
   done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1 and (workdir / "num_heads=3" / "error.txt").exists()
+
+
+def test_points_may_set_any_field_of_their_attention_type():
+  config = sweep.apply_overrides(
+    tiny_config(), {"model.attention.window": 3, "model.attention.name": "local"}
+  )
+  assert (config.model.attention.name, config.model.attention.window) == ("local", 3)
+  with pytest.raises(validate.ConfigError, match="has no 'window'"):
+    sweep.apply_overrides(tiny_config(), {"model.attention.window": 3})  # scaled_dot has none

@@ -36,7 +36,7 @@ import ml_collections
 from absl import logging
 from jax.experimental.compilation_cache import compilation_cache
 
-from experiments.run import preemption, train, validate
+from experiments.run import config_file, preemption, train, validate
 
 FINISHED, SKIPPED, FAILED, PREEMPTED = "finished", "skipped", "failed", "preempted"
 NOT_RUN = "not run"
@@ -121,7 +121,8 @@ def apply_overrides(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with dotted-key overrides, type-checked like `--config.a.b=v`.
 
-  A key that does not exist raises `validate.ConfigError` naming the valid keys of its section.
+  A key that does not exist raises `validate.ConfigError` naming the valid keys of its section;
+  `model.attention.<field>` may be any field of the point's attention type.
   A dict value replaces a whole section (e.g. `{"model.attention": {"name": "local", ...}}`).
   """
   config = copy.deepcopy(config)  # keeps field references (data.seed follows seed)
@@ -133,6 +134,12 @@ def apply_overrides(
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise validate.ConfigError(f"sweep key {key!r}: {where} has no {part!r}; valid: {valid}")
       node, where = node[part], f"{where}.{part}"
+    own = where == f"config.{config_file.ATTENTION}" and leaf not in node
+    name = overrides.get(f"{config_file.ATTENTION}.name", node.get("name") if own else None)
+    if own and leaf in config_file.attention_fields(name):  # the point's type has the field
+      with node.unlocked():
+        node[leaf] = value
+      continue
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       raise validate.ConfigError(f"sweep key {key!r}: {where} has no {leaf!r}; valid: {valid}")
