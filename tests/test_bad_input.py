@@ -89,7 +89,9 @@ def test_none_fields_take_strings_and_literals():
   assert config.data.data_dir == "/data/tfds"
   config = config_file.load(DEFAULT, ["--config.train.profile_steps=(3, 2)"])
   assert config.train.profile_steps == (3, 2)
-  config = config_file.load(DEFAULT, ["--config.model.bidirectional", "--noconfig.model.share_embeddings"])
+  config = config_file.load(
+    DEFAULT, ["--config.model.bidirectional", "--noconfig.model.share_embeddings"]
+  )
   assert config.model.bidirectional is True and config.model.share_embeddings is False
 
 

@@ -13,6 +13,7 @@ memory: the Long Range Arena view), attention_<point>.png (one fixed validation 
 per group) and a table of every run. Prints where the report is and the top rows of its table.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -73,10 +74,8 @@ def _progress(run: str) -> str:
   """'step N/M' of an unfinished run, from its metrics.jsonl and config.json."""
   steps = plots.eval_curve(run, "step")[0]  # every record has a step
   total = None
-  try:
+  with contextlib.suppress(OSError, ValueError, AttributeError):  # none yet, or damaged
     total = _read_json(os.path.join(run, "config.json")).get("train", {}).get("num_steps")
-  except (OSError, ValueError, AttributeError):  # none yet, or damaged
-    pass
   return f"step {steps[-1] if steps else 0}/{total or '?'}"
 
 
