@@ -14,18 +14,17 @@ of the batch contract in docs/architecture.md:
     `start_batch * B` of the stream (no replay).
   - `pack` (seq2seq / lm): several examples share one row, flax `examples/wmt` style. Adds
     `<key>_segmentation` (1, 2, ... per example in a row, 0 = padding) and `<key>_position`
-    (0, 1, ... restarting per example) for every sequence key. Examples are taken in chunks of
-    `PACK_CHUNK` of an epoch and placed greedily (next fit) in order; an example goes to the same
-    row and segment in every key (inputs and targets never mix). Resume: the rows of every chunk
-    are counted from the example lengths alone (one vectorised next fit over all chunks of many
-    epochs at once), so the stream starts at the chunk holding batch `start_batch`'s first row
-    and replays at most that chunk.
+    (0, 1, ... restarting per example) for every sequence key. The examples are packed once
+    (`pack_layout`: next fit in chunks of `PACK_CHUNK` of a seeded order; an example goes to the
+    same row and segment in every key, inputs and targets never mix); epoch `e` visits the rows
+    in the order `stateless_shuffle(range(R), seed=[data.seed, e])`. So every epoch has the same
+    R rows, and resuming at `start_batch` jumps straight to row `start_batch * B` (no replay).
   - `bucket_by_length`: examples grouped by length into buckets with boundaries at powers of two
     (8, 16, ..., max length); each batch is padded to its bucket boundary, so the length dimension
     varies between batches (a loop that compiles one shape needs `pack` or the padded default).
-    Buckets are filled per epoch (a partial bucket at an epoch's end is dropped), so every epoch
-    has the same number of batches; resume starts at the epoch of `start_batch` and replays at
-    most one epoch's grouping.
+    Buckets are filled per epoch (`_bucket_batches`: a partial bucket at an epoch's end is
+    dropped), so every epoch has the same number of batches, computed from the lengths alone;
+    resuming at `start_batch` starts at its epoch and batch without replaying earlier ones.
 
 * eval (`eval_dataset("validation")`, `eval_dataset("test")`): every example of this process's
   shard of that split once, in file order, padded to the task maxima;
@@ -57,7 +56,6 @@ import tensorflow_datasets as tfds
 from input_pipeline.base import SPLITS, Datasets, TaskInfo, pad_eval_batches, pick_split
 
 PACK_CHUNK = 1024  # examples packed together (part of the deterministic stream: do not vary)
-EPOCH_BLOCK = 16  # epochs whose packed rows are counted in one call (resume)
 MIN_BUCKET = 8
 _FOREVER = 2**62
 
@@ -294,55 +292,6 @@ def _epoch_indices(n: int, seed: int, first_epoch: int) -> tf.data.Dataset:
   return epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e)))
 
 
-def _epoch_chunks(n: int, seed: int, first_epoch: int, first_chunk: int) -> tf.data.Dataset:
-  """Index chunks (`PACK_CHUNK` per chunk, the last of an epoch shorter) of every epoch from
-  `first_epoch`, beginning at its chunk `first_chunk`."""
-
-  def chunks(e):
-    return tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e)).batch(PACK_CHUNK)
-
-  later = tf.data.Dataset.range(first_epoch + 1, _FOREVER).flat_map(chunks)
-  return chunks(first_epoch).skip(first_chunk).concatenate(later)
-
-
-@tf.function(jit_compile=True)
-def _rows_per_chunk(lens: tf.Tensor, caps: tf.Tensor) -> tf.Tensor:
-  """Rows next fit makes of each chunk `lens [C, PACK_CHUNK, K]` (zero lengths: no example),
-  all chunks at once: `_next_fit`'s rule, vectorised over chunks."""
-
-  def place(state, length):  # length [C, K]
-    rows, used = state
-    fits = tf.reduce_all(used + length <= caps, axis=1)
-    real = tf.reduce_any(length > 0, axis=1)
-    new_row = real & ~fits
-    return rows + tf.cast(new_row, tf.int64), tf.where(new_row[:, None], length, used + length)
-
-  c = tf.shape(lens)[0]
-  init = (tf.zeros([c], tf.int64), tf.zeros_like(lens[:, 0]) + caps + 1)
-  rows, _ = tf.foldl(place, tf.transpose(lens, [1, 0, 2]), initializer=init)
-  return rows
-
-
-def packed_start(lens: np.ndarray, caps: Sequence[int], seed: int, start_row: int):
-  """(epoch, chunk, row in chunk) of row `start_row` of the packed stream of examples with
-  lengths `lens [n, K]`: rows are counted per chunk, epochs `EPOCH_BLOCK` at a time."""
-  n = len(lens)
-  per_epoch = -(-n // PACK_CHUNK)
-  caps = tf.constant(list(caps), tf.int64)
-  seen, epoch = 0, 0
-  while True:
-    perms = np.stack([_permutation(n, seed, e).numpy() for e in range(epoch, epoch + EPOCH_BLOCK)])
-    padded = np.zeros((EPOCH_BLOCK, per_epoch * PACK_CHUNK, lens.shape[1]), np.int64)
-    padded[:, :n] = lens[perms]
-    rows = _rows_per_chunk(tf.constant(padded.reshape(-1, PACK_CHUNK, lens.shape[1])), caps)
-    cumulative = seen + np.cumsum(rows.numpy())
-    if cumulative[-1] > start_row:
-      i = int(np.searchsorted(cumulative, start_row, side="right"))
-      before = int(cumulative[i - 1]) if i else seen
-      return epoch + i // per_epoch, i % per_epoch, start_row - before
-    seen, epoch = int(cumulative[-1]), epoch + EPOCH_BLOCK
-
-
 def _gather(sequences, scalars, lengths, idx, dense: bool):
   """Examples `idx` (`[N]`) -> dict of `[N, L_k]` int32 (dense) or ragged `[N, None]` int32."""
   out = {}
@@ -355,48 +304,86 @@ def _gather(sequences, scalars, lengths, idx, dense: bool):
   return out
 
 
-def pack_rows(chunk: dict[str, tf.RaggedTensor], lengths: Mapping[str, int]) -> dict:
-  """Pack ragged examples `[N, None]` (each no longer than `lengths[k]`) into rows `[M, L_k]`.
-
-  Next fit, in order: an example starts a new row when any of its sequences would overflow. Returns
-  `k`, `k_segmentation` (1.. per example in its row, 0 = padding), `k_position` (0.. per example).
-  """
-  keys = sorted(chunk)
-  lens = tf.stack([chunk[k].row_lengths() for k in keys], axis=1)  # [N, K]
-  caps = tf.constant([lengths[k] for k in keys], tf.int64)
-  rows, used, segments = _next_fit(lens, caps)
-  starts = used - lens  # [N, K] column of each example's first token
-  num_rows = rows[-1] + 1
-  out = {}
-  for j, k in enumerate(keys):
-    rt = chunk[k]
-    example = rt.value_rowids()
-    position = tf.range(tf.size(rt.values, out_type=tf.int64)) - tf.gather(rt.row_starts(), example)
-    where = tf.stack([tf.gather(rows, example), tf.gather(starts[:, j], example) + position], 1)
-    shape = tf.stack([num_rows, lengths[k]])
-    out[k] = tf.scatter_nd(where, rt.values, shape)
-    out[f"{k}_segmentation"] = tf.scatter_nd(
-      where, tf.cast(tf.gather(segments, example), tf.int32), shape
-    )
-    out[f"{k}_position"] = tf.scatter_nd(where, tf.cast(position, tf.int32), shape)
-  return out
-
-
 @tf.function(jit_compile=True)  # XLA: the sequential loop runs ~200x faster than in graph mode
 def _next_fit(lens: tf.Tensor, caps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Row, end column (per key) and segment id of each example `lens [N, K]`, placed in order."""
+  """Next fit inside each chunk `lens [C, PACK_CHUNK, K]` (zero lengths: no example), all chunks
+  at once: per example its row in the chunk (-1: none), its first column per key and its
+  segment (1, 2, ... in its row). An example starts a new row when any key would overflow."""
 
-  def place(state, length):
-    row, used, segment = state
-    fits = tf.reduce_all(used + length <= caps)
-    return (
-      tf.where(fits, row, row + 1),
-      tf.where(fits, used, tf.zeros_like(used)) + length,
-      tf.where(fits, segment + 1, tf.ones_like(segment)),
+  def place(state, length):  # length [C, K]
+    row, used, segment, _ = state
+    real = tf.reduce_any(length > 0, axis=1)
+    new = real & ~tf.reduce_all(used + length <= caps, axis=1)
+    start = tf.where(new[:, None], tf.zeros_like(used), used)
+    segment = tf.where(new, tf.ones_like(segment), segment + tf.cast(real, tf.int32))
+    return row + tf.cast(new, tf.int32), start + length, segment, start
+
+  c = tf.shape(lens)[0]
+  zeros = tf.zeros([c], tf.int32)
+  init = (zeros - 1, tf.zeros_like(lens[:, 0]) + caps + 1, zeros, tf.zeros_like(lens[:, 0]))
+  rows, _, segments, starts = tf.scan(place, tf.transpose(lens, [1, 0, 2]), initializer=init)
+  return tf.transpose(rows), tf.transpose(starts, [1, 0, 2]), tf.transpose(segments)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackLayout:
+  """Where every training example sits in the packed rows: examples in `order` (a seeded
+  permutation), row r holding `order[row_splits[r]:row_splits[r + 1]]`, each example at
+  column `start[:, k]` of key k with segment id `segment`."""
+
+  order: np.ndarray  # [n] example ids
+  row_splits: np.ndarray  # [R + 1]
+  start: np.ndarray  # [n, K] (in `order`)
+  segment: np.ndarray  # [n]
+
+  @property
+  def num_rows(self) -> int:
+    return len(self.row_splits) - 1
+
+
+def pack_layout(lens: np.ndarray, caps: Sequence[int], seed: int) -> PackLayout:
+  """Packs examples of lengths `lens [n, K]` once, next fit in chunks of `PACK_CHUNK` of a seeded
+  order (flax wmt style, computed from the lengths alone)."""
+  n, k = lens.shape
+  order = _permutation(n, seed, 0).numpy()
+  chunks = -(-n // PACK_CHUNK)
+  padded = np.zeros((chunks * PACK_CHUNK, k), np.int32)
+  padded[:n] = lens[order]
+  rows, start, segment = (
+    x.numpy() for x in _next_fit(padded.reshape(chunks, PACK_CHUNK, k), tf.constant(caps, tf.int32))
+  )
+  rows_per_chunk = rows.max(axis=1) + 1
+  offset = np.concatenate([[0], np.cumsum(rows_per_chunk)[:-1]])
+  row = (rows + offset[:, None]).reshape(-1)[:n]  # nondecreasing along `order`
+  row_splits = np.searchsorted(row, np.arange(int(rows_per_chunk.sum()) + 1))
+  return PackLayout(order, row_splits, start.reshape(-1, k)[:n], segment.reshape(-1)[:n])
+
+
+def _packed_rows(sequences, layout: dict, lengths: Mapping[str, int], keys, rows: tf.Tensor):
+  """The packed rows `rows [B]` of a layout: `k`, `k_segmentation` (1.. per example in its
+  row, 0 = padding), `k_position` (0.. per example) for every sequence key."""
+  where = tf.ragged.range(
+    tf.gather(layout["row_splits"], rows), tf.gather(layout["row_splits"], rows + 1)
+  )
+  batch_row, slot = where.value_rowids(), where.flat_values  # per example of the rows
+  example = tf.gather(layout["order"], slot)
+  out = {}
+  for j, k in enumerate(keys):
+    values, splits = sequences[k]
+    tokens = tf.ragged.range(tf.gather(splits, example), tf.gather(splits, example + 1))
+    owner = tokens.value_rowids()  # per token: its example among `example`
+    position = tf.range(tf.size(tokens.flat_values, out_type=tf.int64)) - tf.gather(
+      tokens.row_starts(), owner
     )
-
-  init = (tf.constant(-1, tf.int64), caps + 1, tf.constant(0, tf.int64))
-  return tf.scan(place, lens, initializer=init)
+    column = tf.cast(tf.gather(layout["start"][:, j], tf.gather(slot, owner)), tf.int64) + position
+    index = tf.stack([tf.gather(batch_row, owner), column], axis=1)
+    shape = tf.stack([tf.size(rows, out_type=tf.int64), lengths[k]])
+    ids = tf.cast(tf.gather(values, tokens.flat_values), tf.int32)
+    segment = tf.gather(layout["segment"], tf.gather(slot, owner))
+    out[k] = tf.scatter_nd(index, ids, shape)
+    out[f"{k}_segmentation"] = tf.scatter_nd(index, segment, shape)
+    out[f"{k}_position"] = tf.scatter_nd(index, tf.cast(position, tf.int32), shape)
+  return out
 
 
 def _unpacked_segmentation(ex: dict, keys: Sequence[str]) -> dict:
@@ -493,15 +480,20 @@ def make_datasets(
       return ds.prefetch(tf.data.AUTOTUNE)
     lens = np.stack([train.sequences[k].lengths for k in seq_keys], axis=1)
     if pack:
-      epoch, chunk, row = packed_start(
-        lens, [lengths[k] for k in seq_keys], seed, start_batch * local
-      )
-      ds = _epoch_chunks(n, seed, epoch, chunk).map(
-        lambda i: pack_rows(_gather(sequences, {}, lengths, i, dense=False), lengths),
+      layout = pack_layout(lens, [lengths[k] for k in seq_keys], seed)
+      tensors = {
+        "order": tf.constant(layout.order, tf.int64),
+        "row_splits": tf.constant(layout.row_splits, tf.int64),
+        "start": tf.constant(layout.start, tf.int32),
+        "segment": tf.constant(layout.segment, tf.int32),
+      }
+      first_epoch, offset = divmod(start_batch * local, layout.num_rows)
+      rows = _epoch_indices(layout.num_rows, seed, first_epoch).skip(offset)
+      ds = rows.batch(local, drop_remainder=True).map(
+        lambda r: _packed_rows(sequences, tensors, lengths, seq_keys, r),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
       )
-      ds = ds.unbatch().skip(row).batch(local, drop_remainder=True)
       return ds.prefetch(tf.data.AUTOTUNE)
     bounds = _bucket_boundaries(max(lengths[k] for k in seq_keys))
     per_bucket = np.bincount(np.searchsorted(bounds, lens.max(axis=1)), minlength=len(bounds))
@@ -513,22 +505,23 @@ def make_datasets(
       )
     epoch, skip = divmod(start_batch, per_epoch)
 
-    def bucketed(e):
-      ds = tf.data.Dataset.from_tensor_slices(_permutation(n, seed, e))
-      ds = ds.map(lambda i: _gather(sequences, scalars, lengths, i[None], dense=False))
-      ds = ds.map(lambda ex: {k: v[0] for k, v in ex.items()})
-      ds = ds.bucket_by_sequence_length(
-        lambda ex: tf.reduce_max([tf.shape(ex[k])[0] for k in seq_keys]),
-        bucket_boundaries=[b + 1 for b in bounds],
-        bucket_batch_sizes=[local] * (len(bounds) + 1),
-        pad_to_bucket_boundary=False,
-        padded_shapes={k: [None] if k in seq_keys else [] for k in train.sequences | train.scalars},
-        drop_remainder=True,
-      )
-      return ds.map(lambda b: _pad_to_boundary(b, seq_keys, bounds))
+    longest_of = tf.constant(lens.max(axis=1), tf.int64)
+    bounds_tf = tf.constant(bounds, tf.int64)
 
-    first = bucketed(epoch).skip(skip)
-    ds = first.concatenate(tf.data.Dataset.range(epoch + 1, _FOREVER).flat_map(bucketed))
+    def epoch_batches(e):
+      """Epoch e's batches (example ids [per_epoch, B]) in the order a bucket fills."""
+      return _bucket_batches(_permutation(n, seed, e), longest_of, bounds_tf, local)
+
+    def padded(idx):
+      ragged = _gather(sequences, scalars, lengths, idx, dense=False)
+      batch = {k: v.to_tensor(0) if k in seq_keys else v for k, v in ragged.items()}
+      return _pad_to_boundary(batch, seq_keys, bounds)
+
+    later = tf.data.Dataset.range(epoch + 1, _FOREVER).flat_map(
+      lambda e: tf.data.Dataset.from_tensor_slices(epoch_batches(e))
+    )
+    ds = tf.data.Dataset.from_tensor_slices(epoch_batches(epoch)).skip(skip).concatenate(later)
+    ds = ds.map(padded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
   def eval_dataset(split: str = "validation") -> tf.data.Dataset:
@@ -541,6 +534,24 @@ def make_datasets(
     return pad_eval_batches(ds, local)
 
   return Datasets(train_dataset, eval_dataset, info, dict(splits), train_examples=train_examples)
+
+
+def _bucket_batches(perm, longest, bounds, batch: int) -> tf.Tensor:
+  """An epoch of length buckets: examples `perm` in order go to the bucket of their longest
+  sequence (the smallest boundary >= it); a bucket that reaches `batch` examples gives a batch
+  (its remainder at the epoch's end is dropped). Returns the batches' example ids `[N, batch]`
+  in the order they fill: the same number of batches every epoch."""
+  bucket = tf.searchsorted(bounds, tf.gather(longest, perm))
+  grouped = tf.argsort(bucket, stable=True)  # by bucket, in visiting order inside each
+  counts = tf.math.bincount(tf.cast(bucket, tf.int32), minlength=len(bounds), dtype=tf.int64)
+  member_bucket = tf.gather(bucket, grouped)
+  rank = tf.range(tf.size(perm, out_type=tf.int64)) - tf.gather(
+    tf.cumsum(counts, exclusive=True), member_bucket
+  )
+  kept = tf.boolean_mask(grouped, rank < tf.gather(counts // batch * batch, member_bucket))
+  batches = tf.reshape(tf.cast(kept, tf.int64), [-1, batch])  # positions in the epoch
+  filled = tf.argsort(batches[:, -1])  # a batch is complete at its last member
+  return tf.gather(tf.gather(perm, batches), filled)
 
 
 def _pad_to_boundary(batch: dict, keys: Sequence[str], bounds: Sequence[int]) -> dict:

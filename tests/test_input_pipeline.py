@@ -595,39 +595,6 @@ def test_byte_tokenizer_round_trip_and_truncation():
 # Packing
 
 
-def _ragged(seqs):
-  return tf.ragged.constant(seqs, dtype=tf.int32)
-
-
-def test_pack_rows_keeps_segments_apart():
-  rng = np.random.default_rng(0)
-  n, cap = 50, {"inputs": 12, "targets": 10}
-  examples = [
-    (list(rng.integers(1, 50, rng.integers(1, 12))), list(rng.integers(1, 50, rng.integers(1, 10))))
-    for _ in range(n)
-  ]
-  packed = batching.pack_rows(
-    {"inputs": _ragged([e[0] for e in examples]), "targets": _ragged([e[1] for e in examples])},
-    cap,
-  )
-  packed = {k: v.numpy() for k, v in packed.items()}
-  rebuilt = []
-  for r in range(packed["inputs"].shape[0]):
-    segments = {}
-    for key in ("inputs", "targets"):
-      seg, pos, tok = (packed[f"{key}{s}"][r] for s in ("_segmentation", "_position", ""))
-      assert ((seg == 0) == (tok == 0)).all() and (pos[seg == 0] == 0).all()
-      for s in np.unique(seg[seg > 0]):
-        where = np.flatnonzero(seg == s)
-        assert (np.diff(where) == 1).all()  # contiguous
-        assert pos[where].tolist() == list(range(len(where)))  # positions restart per segment
-        segments.setdefault(s, {})[key] = tok[where].tolist()
-    for s in sorted(segments):
-      assert set(segments[s]) == {"inputs", "targets"}  # one example's sides share a segment id
-      rebuilt.append((segments[s]["inputs"], segments[s]["targets"]))
-  assert rebuilt == [(list(map(int, a)), list(map(int, b))) for a, b in examples]
-
-
 def test_packed_pipeline_segments_match_across_inputs_and_targets(files, tmp_path):
   config = task_configs(files)["translation/files"][0]
   config.pack = True
@@ -907,8 +874,9 @@ def test_experiment_trains_end_to_end(name, files, tmp_path):
   data, needs_mock = task_configs(files)[EXPERIMENT_CASES[name]]
   config.data.update(data.to_dict())
   config.model.update({k: v for k, v in TINY_MODEL.items() if k in config.model})
-  config.optimizer.warmup_steps = 1
+  config.optimizer.update(warmup_steps=1, warmup_epochs=0.0)  # image: in steps here
   config.train.update(num_steps=2, eval_every_steps=2, log_every_steps=1, checkpoint_every_steps=2)
+  config.train.update(num_epochs=0.0, eval_every_epochs=0.0, checkpoint_every_epochs=0.0)
   with _mock(needs_mock):
     results = train.train_and_evaluate(config, str(tmp_path))
   assert results["step"] == 2

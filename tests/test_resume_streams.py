@@ -50,23 +50,41 @@ def test_resumed_stream_equals_the_uninterrupted_one_across_epochs(mode):
       assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), start
 
 
-def test_packed_start_counts_the_rows_next_fit_makes():
-  """The vectorised row count agrees with packing the chunks for real."""
-  examples = _examples(2500, 1)  # three chunks per epoch, the last one partial
+def test_every_epoch_packs_every_example_once_in_its_own_segment():
+  """Rebuilt from the packed rows of one epoch, the examples are the corpus, each whole."""
+  examples = _examples(2500, 1)  # three chunks of the packing, the last one partial
   lens = np.stack([examples.sequences[k].lengths for k in sorted(LENGTHS)], axis=1)
-  caps = [LENGTHS[k] for k in sorted(LENGTHS)]
+  layout = batching.pack_layout(lens, [LENGTHS[k] for k in sorted(LENGTHS)], seed=3)
   sequences, _ = batching._to_tf(examples)
-  real = []
-  for chunk in batching._epoch_chunks(len(examples), 3, 0, 0).take(6):  # two epochs
-    rows = batching.pack_rows(
-      batching._gather(sequences, {}, LENGTHS, chunk, dense=False), LENGTHS
+  tensors = {
+    "order": tf.constant(layout.order, tf.int64),
+    "row_splits": tf.constant(layout.row_splits, tf.int64),
+    "start": tf.constant(layout.start, tf.int32),
+    "segment": tf.constant(layout.segment, tf.int32),
+  }
+  rows = tf.range(layout.num_rows, dtype=tf.int64)
+  packed = batching._packed_rows(sequences, tensors, LENGTHS, sorted(LENGTHS), rows)
+  packed = {k: v.numpy() for k, v in packed.items()}
+  rebuilt = []
+  for r in range(layout.num_rows):
+    parts = {}
+    for key in sorted(LENGTHS):
+      seg, pos, tok = (packed[f"{key}{s}"][r] for s in ("_segmentation", "_position", ""))
+      assert ((seg == 0) == (tok == 0)).all()
+      for s in np.unique(seg[seg > 0]):
+        where = np.flatnonzero(seg == s)
+        assert (np.diff(where) == 1).all() and pos[where].tolist() == list(range(len(where)))
+        parts.setdefault(s, {})[key] = tuple(tok[where].tolist())
+    rebuilt += [(p["inputs"], p["targets"]) for _, p in sorted(parts.items())]
+  corpus = [
+    (
+      tuple(examples.sequences["inputs"][i].tolist()),
+      tuple(examples.sequences["targets"][i].tolist()),
     )
-    real.append(int(tf.shape(rows["inputs"])[0]))
-  boundaries = np.cumsum(real)
-  for chunk, first_row in enumerate([0, *boundaries[:-1]]):
-    for offset in (0, 1, real[chunk] - 1):
-      epoch, in_epoch, row = batching.packed_start(lens, caps, 3, int(first_row) + offset)
-      assert (epoch * 3 + in_epoch, row) == (chunk, offset)
+    for i in range(len(examples))
+  ]
+  assert sorted(rebuilt) == sorted(corpus)  # every example once, inputs with its own targets
+  assert layout.num_rows < 0.9 * len(examples)  # rows hold several examples
 
 
 def test_bucketing_with_no_full_bucket_says_what_to_change():

@@ -6,6 +6,7 @@ split's size, `Datasets.train_examples`), so a schedule follows the batch size a
 """
 
 import ml_collections
+from absl import logging
 
 FIELDS = (  # (section, field in epochs, field in steps)
   ("train", "num_epochs", "num_steps"),
@@ -38,5 +39,8 @@ def to_steps(config: ml_collections.ConfigDict, train_examples: int | None):
   for section, epochs, steps in FIELDS:
     value = out[section].get(epochs) or 0
     if value > 0:
+      if out[section].get(steps):
+        logging.warning("%s.%s=%s is replaced by %s.%s=%s", section, steps, out[section][steps],
+                        section, epochs, value)  # fmt: skip
       out[section][steps] = max(1, round(value * per_epoch))
   return out
