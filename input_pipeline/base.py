@@ -1,7 +1,7 @@
 """What every task returns: the datasets and the task description the models are built from."""
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -33,12 +33,18 @@ class Datasets:
 
   `eval_dataset(split="validation")` takes a split of `SPLITS`; `splits` says, for results.json,
   where "train", "validation" and "test" come from (files, tfds splits, generator streams).
+  `references[split]`: the raw target text of an eval split, one string per example in split
+  order, as evaluated (`eval_examples` applied), for tasks scored on text (BLEU); empty where
+  a task has none. `lengths`: what the length limits did to each split (`{"train": {"examples":
+  n, "dropped": k}, "validation": {"examples": n, "cut": k}, ...}`, for results.json).
   """
 
   train_dataset: Callable[[int], tf.data.Dataset]
   eval_dataset: Callable[..., tf.data.Dataset]
   info: TaskInfo
   splits: Mapping[str, str]
+  references: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+  lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
   # examples in the training split, all processes together: the unit of schedules given in
   # epochs (experiments/run/epochs.py); None where unknown (generated streams)
   train_examples: int | None = None

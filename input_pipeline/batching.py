@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from input_pipeline.base import SPLITS, Datasets, TaskInfo, pad_eval_batches, pick_split
 
@@ -159,16 +160,23 @@ class Examples:
       return self
     return self.take(np.arange(process_index, len(self), process_count))
 
-  def truncate(self, lengths: Mapping[str, int]) -> "Examples":
+  def truncate(self, lengths: Mapping[str, int], keep_last: bool = False) -> "Examples":
+    """Every sequence cut to its maximum (with `keep_last`, its last id, e.g. EOS, kept)."""
     return Examples(
-      {k: v.truncate(lengths[k]) for k, v in self.sequences.items()}, dict(self.scalars)
+      {k: v.truncate(lengths[k], keep_last) for k, v in self.sequences.items()},
+      dict(self.scalars),
     )
+
+  def longer(self, lengths: Mapping[str, int]) -> np.ndarray:
+    """`[n]` bool: the examples with some sequence longer than its maximum."""
+    out = np.zeros(len(self), bool)
+    for k, v in self.sequences.items():
+      out |= v.lengths > lengths[k]
+    return out
 
   def filter_longer(self, lengths: Mapping[str, int]) -> "Examples":
     """Drop examples with any sequence longer than its maximum (flax wmt's training filter)."""
-    keep = np.ones(len(self), bool)
-    for k, v in self.sequences.items():
-      keep &= v.lengths <= lengths[k]
+    keep = ~self.longer(lengths)
     return self if keep.all() else self.take(np.flatnonzero(keep))
 
 
@@ -415,15 +423,22 @@ def make_datasets(
   process_index: int = 0,
   process_count: int = 1,
   train_sharded: bool = False,
+  references: Mapping[str, Sequence[str]] | None = None,
+  drop_longer: bool = False,
+  keep_last: bool = False,
 ) -> Datasets:
   """The task's `Datasets` from the whole eval splits `evals` (`{"validation": ..., "test": ...}`)
   and the whole train split (or, with `train_sharded`, this process's share of it, e.g. a
   `tfds_split`). `splits` describes where train / validation / test come from (`Datasets.splits`).
 
-  `lengths[k]`: maximum length of sequence feature `k` (longer sequences must already be cut or
-  dropped). Reads `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; applied to
-  each eval split, before sharding, so an eval set does not depend on the number of processes),
-  and the optional `config.pack` / `config.bucket_by_length`.
+  `lengths[k]`: maximum length of sequence feature `k`. Longer training examples are dropped
+  (`drop_longer`, flax wmt) or cut; longer eval examples are cut (every example counts, batches
+  keep one shape); cut sequences keep their last id with `keep_last` (EOS). What was dropped or
+  cut is logged (a warning) and counted in `Datasets.lengths`. `references[split]`: the raw
+  target text of each whole eval split (`Datasets.references`, cut like the split). Reads
+  `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; applied to each eval
+  split, before sharding, so an eval set does not depend on the number of processes), and the
+  optional `config.pack` / `config.bucket_by_length`.
   """
   if set(evals) != set(SPLITS) or set(splits) != {"train", *SPLITS}:
     raise ValueError(
@@ -444,19 +459,38 @@ def make_datasets(
       f"data.batch_size={config.batch_size} must divide by {process_count} processes"
     )
   local = config.batch_size // process_count
+  references = dict(references or {})
+  for split, texts in references.items():
+    if len(texts) != len(evals[split]):
+      raise ValueError(f"{len(texts)} references for the {len(evals[split])} {split} examples")
   evals = {
-    split: examples.first(config.get("eval_examples", 0))
-    .shard(process_index, process_count)
-    .truncate(lengths)
+    split: examples.first(config.get("eval_examples", 0)) for split, examples in evals.items()
+  }
+  references = {split: list(texts[: len(evals[split])]) for split, texts in references.items()}
+  report = {
+    split: {"examples": len(ex), "cut": int(ex.longer(lengths).sum())}
+    for split, ex in evals.items()
+  }
+  evals = {
+    split: examples.shard(process_index, process_count).truncate(lengths, keep_last)
     for split, examples in evals.items()
   }
   # a split read per process is counted only when there is one process (counts must agree)
   train_examples = len(train) if not train_sharded or process_count == 1 else None
   if not train_sharded:
     train = train.shard(process_index, process_count)
+  longer = int(train.longer(lengths).sum())
+  report = {
+    "train": {"examples": len(train), "dropped" if drop_longer else "cut": longer},
+    **report,
+  }
+  train = train.filter_longer(lengths) if drop_longer else train.truncate(lengths, keep_last)
+  _log_lengths(report, lengths, process_index, process_count, train_sharded)
   if len(train) == 0:
-    raise ValueError(f"no training examples for process {process_index}/{process_count}")
-  train = train.truncate(lengths)
+    raise ValueError(
+      f"no training examples for process {process_index}/{process_count}"
+      + (f" ({longer} longer than {dict(lengths)}, dropped)" if drop_longer and longer else "")
+    )
   seq_keys = sorted(train.sequences)
   seed = int(config.seed)
   tensors: dict[str, tuple] = {}
@@ -533,7 +567,29 @@ def make_datasets(
       ds = ds.map(lambda ex: _unpacked_segmentation(ex, seq_keys))
     return pad_eval_batches(ds, local)
 
-  return Datasets(train_dataset, eval_dataset, info, dict(splits), train_examples=train_examples)
+  return Datasets(
+    train_dataset,
+    eval_dataset,
+    info,
+    dict(splits),
+    references,
+    report,
+    train_examples=train_examples,
+  )
+
+
+def _log_lengths(report, lengths, process_index, process_count, train_sharded) -> None:
+  """A warning for every split the length limits changed."""
+  for split, counts in report.items():
+    for what in ("dropped", "cut"):
+      if counts.get(what):
+        share = split == "train" and (train_sharded or process_count > 1)
+        logging.warning(
+          "%s split%s: %d of %d examples longer than %s %s",
+          split, f" (process {process_index}/{process_count})" if share else "",
+          counts[what], counts["examples"], dict(lengths),
+          what if what == "dropped" else "cut to fit (raise the length to evaluate them whole)",
+        )  # fmt: skip
 
 
 def _bucket_batches(perm, longest, bounds, batch: int) -> tf.Tensor:

@@ -10,9 +10,15 @@ translated by line i of the target file.
 
 Tokens: one joint SentencePiece model (pad 0, EOS 1, UNK 2) trained on the first
 `vocab_max_chars` characters of the training split only, both languages, on first use and kept in
-`vocab_path` (or `workdir/translation_<...>.model`). Inputs and targets end with EOS. Training
-pairs with a side longer than `max_length` tokens are dropped (flax wmt); eval pairs are cut to
-`max_length` (EOS kept last), so every eval pair counts and train/eval batches share one shape.
+`vocab_path` (or `workdir/translation_<...>.model`). Inputs and targets end with EOS.
+
+Lengths: `max_length` is the one length of both sides (the experiment files point the model's
+and the attention's lengths at it). Training pairs with a side longer than it are dropped (flax
+wmt); eval pairs are cut to it (EOS kept last), so every eval pair counts and train/eval batches
+share one shape. Both are logged as warnings with their counts and recorded in
+`Datasets.lengths` (results.json). BLEU is scored against `Datasets.references`, the raw target
+text of each eval split, so a cut reference does not flatter it.
+
 Tokenised splits are cached in `workdir/data_cache/`. `TaskInfo.detokenize` turns ids back into
 text; `bleu(hypotheses, references)` scores detokenized text with sacrebleu.
 
@@ -165,25 +171,23 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
     int(config.get("vocab_max_chars", 10**7)),
   )
 
-  def build():
+  raw = {split: load(split) for split in SPLITS}  # small; the references are their targets
+
+  def build():  # whole sentences: make_datasets drops long training pairs and cuts eval pairs
     out = {}
     for split in ("train", *SPLITS):
-      src, tgt = load(split)
-      cut = None if split == "train" else max_length  # train: drop long pairs (below)
+      src, tgt = raw.get(split) or load(split)
       out[split] = Examples(
         {
-          "inputs": tokenizer.encode(src, add_eos=True, max_length=cut),
-          "targets": tokenizer.encode(tgt, add_eos=True, max_length=cut),
+          "inputs": tokenizer.encode(src, add_eos=True),
+          "targets": tokenizer.encode(tgt, add_eos=True),
         }
       )
-    out["train"] = out["train"].filter_longer({"inputs": max_length, "targets": max_length})
-    if len(out["train"]) == 0:
-      raise ValueError(f"no training pair fits data.max_length={max_length}")
     return out
 
   key = cache_key(
-    sources=sources, langs=[source_lang, target_lang], max_length=max_length,
-    tokenizer=tokenizer_id(tokenizer),
+    sources=sources, langs=[source_lang, target_lang], tokenizer=tokenizer_id(tokenizer),
+    uncut=True,
   )  # fmt: skip
   data = cached(workdir, f"translation-{process_index}of{process_count}", key, build)
   info = TaskInfo(
@@ -205,4 +209,7 @@ def translation(config, *, workdir=None, process_index=0, process_count=1) -> Da
     process_index=process_index,
     process_count=process_count,
     train_sharded=sharded,
+    references={split: tgt for split, (_, tgt) in raw.items()},
+    drop_longer=True,
+    keep_last=True,
   )

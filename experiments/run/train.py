@@ -71,8 +71,9 @@ class _Every:
 class _Selection:
   """Evaluation on validation, the best checkpoint picked by its main metric, and the pruner."""
 
-  def __init__(self, run: build.Run, ckpt, meta, on_eval, local_batch_size: int):
+  def __init__(self, run: build.Run, ckpt, meta, on_eval, local_batch_size: int, workdir: str):
     self.run, self.ckpt, self.meta, self.on_eval = run, ckpt, meta, on_eval
+    self.workdir = workdir  # hypotheses-<split>-<step>.txt of BLEU evaluations
     self.metric, self.mode = run.main_metric
     self.local_batch_size = local_batch_size
     self.validation = batches.eval_split(run.datasets, local_batch_size, "validation")
@@ -84,9 +85,11 @@ class _Selection:
     computed = tasks.with_derived(run.info.kind, run.steps.evaluate(state, split_batches, run.mesh))
     out = {f"{prefix}/{k}": v for k, v in computed.items()}
     if decode_eval.enabled(run.config, run.info):
+      split = "validation" if prefix == "eval" else prefix
       out[f"{prefix}/bleu"] = decode_eval.bleu_score(
-        run.model, state, split_batches, run.config, run.info, run.mesh
-      )
+        run.model, state, split_batches, run.config, run.info, run.mesh,
+        references=run.datasets.references.get(split), workdir=self.workdir, split=split,
+      )  # fmt: skip
     return out
 
   def __call__(self, step: int, state, log: MetricsLog) -> bool:
@@ -147,7 +150,7 @@ def train_and_evaluate(
       run.datasets.train_dataset(meta["next_batch"]).as_numpy_iterator(), run.mesh
     )
     local_batch_size = config.data.batch_size // jax.process_count()
-    selection = _Selection(run, ckpt, meta, on_eval, local_batch_size)
+    selection = _Selection(run, ckpt, meta, on_eval, local_batch_size, workdir)
     batch = next(train_batches)
     run.steps.train.compile(state, batch)
     run.steps.eval.compile(state, sharding.global_batch(selection.validation[0], run.mesh))
@@ -206,6 +209,10 @@ def train_and_evaluate(
     "best_step": meta["best_step"],
     "test": test,  # on the test split, from the best checkpoint (selected on validation)
     "splits": dict(run.datasets.splits),
+    "lengths": dict(run.datasets.lengths),  # examples dropped or cut by the length limits
+    **(
+      {"bleu_signature": decode_eval.signature()} if decode_eval.enabled(config, run.info) else {}
+    ),
     "throughput": log.throughput() if step > start_step else _earlier(workdir, "throughput"),
     "flops_per_step": run.steps.flops_per_step(),
     "params": int(run.num_params),

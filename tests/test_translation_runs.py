@@ -1,0 +1,85 @@
+"""Translation as researchers use it, on tiny local parallel text: BLEU from the files the run
+writes, and what the length limit does to each split."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import sacrebleu
+
+import input_pipeline
+from experiments.run import decode_eval, train
+from tests.helpers import tiny_config
+
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "runs"]
+
+
+def parallel_text(directory, sizes=(("train", 160), ("dev", 16), ("test", 16))) -> dict:
+  """Tiny line-aligned files (targets: the source words reversed), 2-12 words a line."""
+  rng = np.random.default_rng(0)
+  fields = {}
+  for split, n in sizes:
+    lines = [" ".join(rng.choice(WORDS, rng.integers(2, 13))) for _ in range(n)]
+    for side, text in (("src", lines), ("tgt", [" ".join(ln.split()[::-1]) for ln in lines])):
+      path = directory / f"{split}.{side}"
+      path.write_text("\n".join(text) + "\n")
+      fields[f"{split}_{side}"] = str(path)
+  return fields
+
+
+def translation_config(directory, steps=4, max_length=16) -> ml_collections.ConfigDict:
+  """A GRU + additive attention run of a few steps on `parallel_text`, BLEU by greedy decoding."""
+  config = tiny_config(steps=steps, name="rnn_seq2seq", cell="gru", hidden_dim=32)
+  config.model.attention.name = "additive"
+  config.data = ml_collections.ConfigDict(dict(
+    name="translation", dataset="files", **parallel_text(directory), source_lang="en",
+    target_lang="de", max_length=max_length, vocab_size=40, batch_size=8, seed=0,
+    eval_examples=0, bucket_by_length=True,
+  ))  # fmt: skip
+  config.model.max_len = max_length
+  config.decode = {"bleu": True, "beam_size": 1, "alpha": 0.6, "max_len": 0}
+  return config
+
+
+def _lines(path) -> list[str]:
+  with open(path, encoding="utf-8") as f:
+    return f.read().splitlines()
+
+
+def test_bleu_is_sacrebleu_of_the_written_hypotheses_and_raw_references(tmp_path):
+  config = translation_config(tmp_path)
+  run = str(tmp_path / "run")
+  results = train.train_and_evaluate(config, run)
+  assert results["bleu_signature"] == decode_eval.signature()
+  assert "tok:13a" in results["bleu_signature"]
+  for split, prefix, step in (("validation", "eval", 4), ("test", "test", results["best_step"])):
+    references = _lines(os.path.join(run, f"references-{split}.txt"))
+    assert references == _lines(config.data[f"{'dev' if split == 'validation' else 'test'}_tgt"])
+    hypotheses = _lines(os.path.join(run, f"hypotheses-{split}-{step}.txt"))
+    assert len(hypotheses) == len(references) == 16
+    expected = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    scored = results["metrics" if prefix == "eval" else "test"][f"{prefix}/bleu"]
+    assert scored == pytest.approx(expected, abs=1e-9)
+  with open(os.path.join(run, "results.json")) as f:
+    assert json.load(f)["lengths"]["validation"] == {"examples": 16, "cut": 0}
+
+
+def test_long_pairs_are_dropped_from_train_and_counted_when_cut_in_eval(tmp_path, caplog):
+  """max_length=6 tokens: long training pairs are dropped, long eval pairs cut (EOS kept last),
+  both counted and logged; the references stay whole."""
+  config = translation_config(tmp_path, max_length=6)
+  data = input_pipeline.get_datasets(config.data, workdir=str(tmp_path / "run"))
+  lengths = data.lengths
+  assert 0 < lengths["train"]["dropped"] < lengths["train"]["examples"] == 160
+  assert 0 < lengths["validation"]["cut"] < lengths["validation"]["examples"] == 16
+  assert "dropped" in caplog.text and "cut to fit" in caplog.text
+  for batch in data.train_dataset(0).take(4).as_numpy_iterator():
+    assert (batch["targets"] > 0).sum(1).max() <= 6
+  assert data.references["validation"] == _lines(config.data.dev_tgt)  # whole sentences
+  batch = next(data.eval_dataset("validation").as_numpy_iterator())
+  rows = batch["targets"][batch["valid"]]
+  assert rows.shape[1] == 6
+  last = rows[np.arange(len(rows)), (rows > 0).sum(1) - 1]
+  assert (last == data.info.eos_id).all()  # a cut sentence still ends with EOS
