@@ -100,6 +100,8 @@ def test_rerun_keeps_throughput_and_lost_checkpoints_ask_for_restart(tmp_path):
   assert origin["versions"]["jax"] and origin["versions"]["flax"] and origin["device_count"] >= 1
   rates = [r["train/learning_rate"] for r in records(tmp_path) if "train/learning_rate" in r]
   assert len(rates) == 2 and 0 < rates[0] < rates[1]  # warming up
+  norms = [r["train/grad_norm"] for r in records(tmp_path) if "train/loss" in r]
+  assert len(norms) == 2 and all(n > 0 for n in norms)
   again = train.train_and_evaluate(config, str(tmp_path))  # finished: trains nothing
   assert (
     again["throughput"] == done["throughput"] == read_json(tmp_path / "results.json")["throughput"]

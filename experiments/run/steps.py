@@ -90,10 +90,12 @@ def make_train_step(kind: str, label_smoothing: float, on_nonfinite: str, max_no
       return tasks.loss_and_metrics(kind, logits, batch, label_smoothing)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)  # before clipping; train/grad_norm (log-interval mean)
+    metrics = tasks.with_metrics(metrics, grad_norm=tasks.Average.from_model_output(grad_norm))
     updated = state.apply_gradients(grads=grads)
     finite = (
       jnp.isfinite(loss)
-      & jnp.isfinite(optax.global_norm(grads))
+      & jnp.isfinite(grad_norm)
       & jnp.all(jnp.array([jnp.isfinite(p).all() for p in jax.tree.leaves(updated.params)]))
     )
     # A step with a non-finite loss, gradient or updated parameter leaves parameters and

@@ -5,6 +5,7 @@ averages are exact over any number of (padded) batches. `MAIN_METRIC[kind]` is t
 picks the best checkpoint and heads the reports.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -73,6 +74,16 @@ MAIN_METRIC = {
   "retrieval": ("accuracy", "max"),
   "lm": ("loss", "min"),
 }
+
+
+def with_metrics(collection: metrics.Collection, **more: metrics.Metric) -> metrics.Collection:
+  """`collection` and `more` metrics in one collection (e.g. the train step's gradient norm)."""
+  fields = {
+    f.name: getattr(collection, f.name)
+    for f in dataclasses.fields(collection)
+    if f.name != "_reduction_counter"
+  }
+  return metrics.Collection.create_collection(**fields, **more)
 
 
 def with_derived(kind: str, computed: dict[str, float]) -> dict[str, float]:
