@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.mlp_dim = 2048  # base: 2048 (big: 4096)
   config.model.dropout_rate = 0.1  # flax wmt: 0.1
   config.model.attention_dropout_rate = 0.1  # flax wmt: 0.1
-  config.model.max_len = 256  # = data.max_length
+  config.model.max_len = config.data.get_ref("max_length")  # one length: follows data.max_length
   config.model.position = "sinusoidal"  # flax wmt: sinusoidal
   config.model.norm = "pre"  # flax wmt: pre-layer-norm
   config.model.share_embeddings = True  # joint vocabulary: one table (flax wmt: True)
