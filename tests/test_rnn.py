@@ -1,6 +1,6 @@
 """RNN encoder-decoder: stepping equals the scanned pass, state carrying, bidirectionality."""
 
-import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import models
+from input_pipeline.base import TaskInfo
 from models import attention
 from models.attention import masks
 from models.attention.base import KeysValues
@@ -18,15 +19,9 @@ from models.rnn import DecoderCell, RNNConfig, RNNSeq2Seq, carry_from_hidden
 jax.config.update("jax_disable_most_optimizations", True)
 
 
-@dataclasses.dataclass(frozen=True)
-class Info:
-  kind: str = "seq2seq"
-  vocab_size: int = 11
-  target_vocab_size: int | None = None
-  num_classes: int | None = None
-  max_input_length: int = 6
-  max_target_length: int = 5
-  eos_id: int = 1
+Info = functools.partial(
+  TaskInfo, kind="seq2seq", vocab_size=11, max_input_length=6, max_target_length=5, eos_id=1
+)
 
 
 BATCH = {
