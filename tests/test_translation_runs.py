@@ -83,3 +83,25 @@ def test_long_pairs_are_dropped_from_train_and_counted_when_cut_in_eval(tmp_path
   assert rows.shape[1] == 6
   last = rows[np.arange(len(rows)), (rows > 0).sum(1) - 1]
   assert (last == data.info.eos_id).all()  # a cut sentence still ends with EOS
+
+
+@pytest.mark.parametrize("family", ["rnn_seq2seq", "transformer"])
+def test_translate_a_file_with_a_trained_run(tmp_path, family):
+  """N lines in -> N translations out, plus a PNG of the first sentence's attention."""
+  from experiments.run import translate
+
+  config = translation_config(tmp_path)
+  config.model.name = family
+  config.decode.beam_size = 2
+  run_dir = str(tmp_path / "run")
+  train.train_and_evaluate(config, run_dir)
+  run, variables, tokenizer = translate.load(run_dir)
+  lines = _lines(config.data.test_src)[:5] + ["cat " * 30]  # the last is longer than max_length
+  texts, sources, outputs = translate.translate(run, variables, tokenizer, lines, beam_size=2)
+  assert len(texts) == len(lines) and all("\n" not in t for t in texts)
+  w = translate.cross_attention(run, variables, sources[0], outputs[0])
+  assert w.shape == (len(outputs[0]) + 1, len(sources[0]))
+  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-4)
+  png = tmp_path / "attention.png"
+  translate.draw(str(png), [(sources[0], outputs[0], w)], tokenizer, "test")
+  assert png.stat().st_size > 1000
