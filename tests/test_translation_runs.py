@@ -105,3 +105,17 @@ def test_translate_a_file_with_a_trained_run(tmp_path, family):
   png = tmp_path / "attention.png"
   translate.draw(str(png), [(sources[0], outputs[0], w)], tokenizer, "test")
   assert png.stat().st_size > 1000
+
+
+def test_small_preset_runs_from_the_file_paths_alone(tmp_path):
+  """configs/translation.py:preset=small with only the file fields set (and a tiny model and
+  vocabulary here): trains in epochs on bucketed batches and scores dev BLEU."""
+  from configs import translation
+
+  config = translation.get_config("preset=small")
+  config.data.update(parallel_text(tmp_path), vocab_size=40, batch_size=16)
+  config.model.update(emb_dim=16, hidden_dim=16)
+  config.train.num_epochs = 1
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["status"] == "finished" and results["step"] == 10  # 160 pairs / 16
+  assert results["main_metric"] == "eval/bleu" and "test/bleu" in results["test"]
