@@ -134,4 +134,5 @@ def small(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.train.num_epochs = 20
   config.train.eval_every_epochs = 1
   config.train.checkpoint_every_epochs = 1
+  config.train.early_stopping_evals = 5  # stop after 5 evaluations without a better dev BLEU
   return config

@@ -119,3 +119,14 @@ def test_small_preset_runs_from_the_file_paths_alone(tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["status"] == "finished" and results["step"] == 10  # 160 pairs / 16
   assert results["main_metric"] == "eval/bleu" and "test/bleu" in results["test"]
+
+
+def test_early_stopping_after_evaluations_without_improvement(tmp_path):
+  """early_stopping_evals=1 and no learning: the second evaluation is no better, so the
+  run stops there and still reports the best checkpoint on test."""
+  config = translation_config(tmp_path, steps=12)
+  config.train.update(eval_every_steps=2, early_stopping_evals=1)
+  config.optimizer.learning_rate = 1e-12  # the same output at every evaluation
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["stopped_early"] and results["step"] == 4 and results["best_step"] == 2
+  assert results["status"] == "finished" and "test/bleu" in results["test"]

@@ -78,6 +78,7 @@ class _Selection:
     self.local_batch_size = local_batch_size
     self.validation = batches.eval_split(run.datasets, local_batch_size, "validation")
     self.last: dict[str, float] = {}
+    self.stopped_early = False
 
   def evaluate(self, state, split_batches=None, prefix="eval") -> dict[str, float]:
     run = self.run
@@ -101,7 +102,13 @@ class _Selection:
     if best is None or _better(value, best[f"eval/{self.metric}"], self.mode):
       self.meta |= {"best": self.last, "best_step": step}
       self.ckpt.save_best(step, state, _meta(self.meta, step, log), {self.metric: value})
-    return self.on_eval is not None and bool(self.on_eval(step, self.last))
+    # early stopping: `train.early_stopping_evals` evaluations in a row without a better one
+    patience = self.run.config.train.get("early_stopping_evals", 0) or 0
+    behind = step - self.meta["best_step"]
+    self.stopped_early = (
+      patience > 0 and behind >= patience * self.run.config.train.eval_every_steps
+    )
+    return self.stopped_early or (self.on_eval is not None and bool(self.on_eval(step, self.last)))
 
   def test(self, state) -> dict[str, float]:
     """The checkpoint picked on validation, evaluated once on the test split."""
@@ -193,16 +200,19 @@ def train_and_evaluate(
         )
         return {"status": "preempted", "step": step}
       if pruned and step < num_steps:
-        logging.info("pruned at step %d; checkpoint saved", step)
+        why = "no better validation for a while" if selection.stopped_early else "pruned"
+        logging.info("%s at step %d; checkpoint saved", why, step)
         break
     if not selection.last:  # the run had already finished: report its final state again
       selection.last = selection.evaluate(state)
+    pruned = pruned and not selection.stopped_early  # an early stop still reports on test
     test = {} if pruned else selection.test(state)
 
   results = {
     "config": config.to_dict(),
     "step": step,
     "status": "pruned" if pruned else "finished",
+    "stopped_early": selection.stopped_early,  # train.early_stopping_evals without improvement
     "main_metric": f"eval/{selection.metric}",
     "metrics": selection.last,
     "best": meta["best"] or selection.last,
