@@ -9,6 +9,7 @@ import tempfile
 import time
 
 import ml_collections
+import numpy as np
 
 from configs import default
 
@@ -119,3 +120,19 @@ def read_json(path):
 def records(workdir) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+PARALLEL_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "runs"]
+
+
+def parallel_text(directory, sizes=(("train", 160), ("dev", 16), ("test", 16))) -> dict:
+  """Tiny line-aligned files (targets: the source words reversed), 2-12 words a line."""
+  rng = np.random.default_rng(0)
+  fields = {}
+  for split, n in sizes:
+    lines = [" ".join(rng.choice(PARALLEL_WORDS, rng.integers(2, 13))) for _ in range(n)]
+    for side, text in (("src", lines), ("tgt", [" ".join(ln.split()[::-1]) for ln in lines])):
+      path = directory / f"{split}.{side}"
+      path.write_text("\n".join(text) + "\n")
+      fields[f"{split}_{side}"] = str(path)
+  return fields

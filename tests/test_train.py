@@ -18,7 +18,7 @@ from jax._src import config as jax_config
 
 import input_pipeline
 from experiments.run import batches, build, preemption, sharding, train
-from tests.helpers import tiny_config
+from tests.helpers import parallel_text, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {
@@ -195,26 +195,12 @@ def test_profile_steps_write_a_trace(tmp_path):
   assert any(f.endswith(".xplane.pb") for f in traces), traces
 
 
-def _parallel_text(directory) -> dict[str, str]:
-  """Tiny local parallel text (targets: the source words reversed), 2-12 words a line."""
-  rng = np.random.default_rng(0)
-  words = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "runs"]
-  fields = {}
-  for split, n in (("train", 160), ("dev", 16), ("test", 16)):
-    lines = [" ".join(rng.choice(words, rng.integers(2, 13))) for _ in range(n)]
-    for side, text in (("src", lines), ("tgt", [" ".join(ln.split()[::-1]) for ln in lines])):
-      path = directory / f"{split}.{side}"
-      path.write_text("\n".join(text) + "\n")
-      fields[f"{split}_{side}"] = str(path)
-  return fields
-
-
 @pytest.mark.parametrize("family", ["transformer", "rnn_seq2seq"])
 def test_length_bucketed_batches_train(tmp_path, family):
   """data.bucket_by_length=True on local parallel text: batches of several lengths train."""
   config = tiny_config(steps=6, name=family)
   config.data = ml_collections.ConfigDict(dict(
-    name="translation", dataset="files", **_parallel_text(tmp_path), source_lang="en",
+    name="translation", dataset="files", **parallel_text(tmp_path), source_lang="en",
     target_lang="de", max_length=16, vocab_size=40, batch_size=8, seed=0, eval_examples=0,
     bucket_by_length=True,
   ))  # fmt: skip

@@ -11,22 +11,7 @@ import sacrebleu
 
 import input_pipeline
 from experiments.run import decode_eval, train
-from tests.helpers import tiny_config
-
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "runs"]
-
-
-def parallel_text(directory, sizes=(("train", 160), ("dev", 16), ("test", 16))) -> dict:
-  """Tiny line-aligned files (targets: the source words reversed), 2-12 words a line."""
-  rng = np.random.default_rng(0)
-  fields = {}
-  for split, n in sizes:
-    lines = [" ".join(rng.choice(WORDS, rng.integers(2, 13))) for _ in range(n)]
-    for side, text in (("src", lines), ("tgt", [" ".join(ln.split()[::-1]) for ln in lines])):
-      path = directory / f"{split}.{side}"
-      path.write_text("\n".join(text) + "\n")
-      fields[f"{split}_{side}"] = str(path)
-  return fields
+from tests.helpers import parallel_text, tiny_config
 
 
 def translation_config(directory, steps=4, max_length=16) -> ml_collections.ConfigDict:

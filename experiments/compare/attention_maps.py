@@ -7,7 +7,6 @@ Types that form no weights matrix (linear, Performer) sow none and get no map.
 """
 
 import functools
-import json
 import os
 import re
 from typing import Any
@@ -15,10 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import matplotlib
-import ml_collections
 import numpy as np
 
-import input_pipeline
 from experiments.run import build
 
 matplotlib.use("Agg")
@@ -45,18 +42,11 @@ def _order(layer: str) -> tuple:
 def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, Any] | None:
   """([(layer path, weights [H, Tq, Tk])], the example batch, the task info) of a run, or None
   when it has no checkpoint yet."""
-  with open(os.path.join(run_dir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  datasets = input_pipeline.get_datasets(config.data, workdir=run_dir)
-  example = _example(datasets)
-  run = build.build(config, datasets=datasets, mesh=build.one_device_mesh(), example=example)
-  with nn.logical_axis_rules(run.axis_rules), run.checkpoints(run_dir) as ckpt:
-    restored = ckpt.restore_best(run.state)
-    if restored is None:
-      latest = ckpt.restore_latest(run.state)
-      restored = latest[0] if latest else None
-    if restored is None:
-      return None
+  run, restored = build.trained(run_dir, _example)
+  if restored is None:
+    return None
+  example = _example(run.datasets)
+  with nn.logical_axis_rules(run.axis_rules):
     variables = {"params": restored.params, **(restored.model_state or {})}
     apply = jax.jit(functools.partial(run.model.apply, train=False, mutable=["intermediates"]))
     _, inter = apply(variables, example)

@@ -7,6 +7,9 @@ with run.checkpoints(DIR) as ckpt: ...
 """
 
 import dataclasses
+import json
+import os
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -108,3 +111,20 @@ def build(
   compiled = steps.make(config, info.kind, state_sharding, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(initial.params)))
   return Run(config, datasets, info, model, mesh, initial, state_sharding, compiled, num_params)
+
+
+def trained(workdir: str, example_of: Callable[[Any], dict[str, np.ndarray]]):
+  """(run, its best state, else its latest; None before the first checkpoint) of a trained run
+  in `workdir`, on one device: the run's config.json, data and vocabulary; `example_of(datasets)`
+  gives the batch shapes it is rebuilt with."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  datasets = input_pipeline.get_datasets(config.data, workdir=workdir)
+  example = example_of(datasets)
+  run = build(config, datasets=datasets, mesh=one_device_mesh(), example=example)
+  with nn.logical_axis_rules(run.axis_rules), run.checkpoints(workdir) as ckpt:
+    restored = ckpt.restore_best(run.state)
+    if restored is None:
+      latest = ckpt.restore_latest(run.state)
+      restored = latest[0] if latest else None
+  return run, restored

@@ -12,7 +12,6 @@ run's `data.max_length` are cut to it, with a warning saying how many.
 """
 
 import glob
-import json
 import os
 import sys
 
@@ -22,7 +21,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-import input_pipeline
 from experiments.run import build, decode_eval
 from input_pipeline.text import SentencePieceTokenizer
 from models import decoding
@@ -43,19 +41,15 @@ _HEAD = flags.DEFINE_integer("head", -1, "head drawn (-1: the heads averaged)")
 
 def load(workdir: str):
   """(run, variables, tokenizer) of a trained run: its config, vocabulary, best checkpoint."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  datasets = input_pipeline.get_datasets(config.data, workdir=workdir)
-  length = datasets.info.max_input_length
-  example = {k: np.zeros((1, length), np.int32) for k in ("inputs", "targets")}
-  run = build.build(config, datasets=datasets, mesh=build.one_device_mesh(), example=example)
-  with nn.logical_axis_rules(run.axis_rules), run.checkpoints(workdir) as ckpt:
-    restored = ckpt.restore_best(run.state)
-    if restored is None:
-      latest = ckpt.restore_latest(run.state)
-      restored = latest[0] if latest else None
+
+  def example_of(datasets):
+    length = datasets.info.max_input_length
+    return {k: np.zeros((1, length), np.int32) for k in ("inputs", "targets")}
+
+  run, restored = build.trained(workdir, example_of)
   if restored is None:
     raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+  config = run.config
   vocab = (
     config.data.get("vocab_path")
     or sorted(glob.glob(os.path.join(workdir, "translation_*_spm*.model")))[0]
