@@ -475,8 +475,10 @@ def make_datasets(
     split: examples.shard(process_index, process_count).truncate(lengths, keep_last)
     for split, examples in evals.items()
   }
-  # a split read per process is counted only when there is one process (counts must agree)
-  train_examples = len(train) if not train_sharded or process_count == 1 else None
+  # the examples trained on (after `drop_longer`); a split read per process is counted only
+  # when there is one process (every process must agree on the count)
+  kept = len(train) - int(train.longer(lengths).sum()) if drop_longer else len(train)
+  train_examples = kept if not train_sharded or process_count == 1 else None
   if not train_sharded:
     train = train.shard(process_index, process_count)
   longer = int(train.longer(lengths).sum())
