@@ -30,7 +30,7 @@ def _batches(data: ml_collections.ConfigDict, n: int) -> list[dict[str, np.ndarr
 def test_seq2seq_targets_are_the_transformed_inputs_then_eos(name):
   data = ml_collections.ConfigDict(
     {"name": name, "seed": 3, "vocab_size": 9, "min_length": 1, "max_length": 7,
-     "batch_size": 16, "eval_examples": 0}
+     "batch_size": 16, "eval_examples": 16}
   )  # fmt: skip
   lengths = set()
   for batch in _batches(data, 4):
@@ -48,7 +48,7 @@ def test_associative_recall_label_is_the_value_of_the_queried_key():
   pairs, keys, classes = 4, 6, 3
   data = ml_collections.ConfigDict(
     {"name": "associative_recall", "seed": 1, "num_pairs": pairs, "num_keys": keys,
-     "num_classes": classes, "batch_size": 16, "eval_examples": 0}
+     "num_classes": classes, "batch_size": 16, "eval_examples": 16}
   )  # fmt: skip
   labels = []
   for batch in _batches(data, 3):
@@ -95,7 +95,7 @@ def test_listops_labels_evaluate_the_expression(tmp_path):
   )  # fmt: skip
   data = ml_collections.ConfigDict(
     {"name": "listops", "data_dir": str(tmp_path), "max_length": 32, "batch_size": 16,
-     "seed": 0, "eval_examples": 0}
+     "seed": 0, "eval_examples": 16}
   )  # fmt: skip
   datasets = input_pipeline.get_datasets(data)
   seen = set()
