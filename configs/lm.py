@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_length = 128  # tokens per row incl. EOS (flax lm1b: 128)
   config.data.pack = True  # several sentences per row (flax lm1b: packed)
   config.data.bucket_by_length = False  # alternative to packing; varying shapes
+  config.data.batch_tokens = 0  # with bucket_by_length: ~tokens per batch (0: batch_size rows)
   config.data.batch_size = 256  # global rows (flax lm1b: 32 per device x 8)
   config.data.eval_examples = 10000  # first sentences of each eval split (0: all; test 306688)
 

@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_length = 256  # tokens per sentence incl. EOS (flax wmt: 256)
   config.data.pack = True  # several pairs per 256-token row (flax wmt: packed)
   config.data.bucket_by_length = False  # alternative to packing; varying shapes
+  config.data.batch_tokens = 0  # with bucket_by_length: ~tokens per batch (0: batch_size rows)
   config.data.batch_size = 256  # global rows (flax wmt: 256)
   config.data.eval_examples = 0  # per eval split; 0: the whole split (newstest2014: 3003)
 
@@ -114,11 +115,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def small(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """preset=small: a corpus of ~30k short sentence pairs in local files, one machine, about an
   hour: a joint 8k vocabulary, a GRU encoder-decoder with Bahdanau's additive attention,
-  length-bucketed batches, a schedule in epochs, BLEU on dev (greedy) every epoch picking the
-  checkpoint. Only the file fields (data.train_src ... data.test_tgt) need setting."""
+  length-bucketed batches of about 4096 tokens, a schedule in epochs, BLEU on dev (greedy) every
+  epoch picking the checkpoint. Only the file fields (data.train_src ... data.test_tgt) need
+  setting."""
   config.data.update(
     dataset="files", vocab_size=8000, max_length=64, pack=False, bucket_by_length=True,
-    batch_size=64,
+    batch_tokens=4096, batch_size=16,  # ~4096 tokens a batch, in multiples of 16 rows
   )  # fmt: skip
   config.model.update(
     name="rnn_seq2seq", cell="gru", emb_dim=256, hidden_dim=256, num_layers=1,

@@ -45,9 +45,10 @@ class Datasets:
   splits: Mapping[str, str]
   references: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
   lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
-  # examples in the training split, all processes together: the unit of schedules given in
-  # epochs (experiments/run/epochs.py); None where unknown (generated streams)
-  train_examples: int | None = None
+  # train batches in one epoch (one visit of every training example kept), all processes
+  # together: the unit of schedules given in epochs (experiments/run/epochs.py); None where
+  # unknown (generated streams, packed or bucketed batches of a split read per process)
+  batches_per_epoch: float | None = None
 
 
 T = TypeVar("T")

@@ -21,10 +21,17 @@ of the batch contract in docs/architecture.md:
     R rows, and resuming at `start_batch` jumps straight to row `start_batch * B` (no replay).
   - `bucket_by_length`: examples grouped by length into buckets with boundaries at powers of two
     (8, 16, ..., max length); each batch is padded to its bucket boundary, so the length dimension
-    varies between batches (a loop that compiles one shape needs `pack` or the padded default).
+    varies between batches (one compiled step per bucket). Batches hold `batch_size` rows, or,
+    with `batch_tokens` (fairseq's --max-tokens), about that many tokens per sequence key: a
+    bucket of length b gets the largest multiple of `batch_size` rows with rows x b <=
+    batch_tokens (at least `batch_size`), so short sentences come in large batches.
     Buckets are filled per epoch (`_bucket_batches`: a partial bucket at an epoch's end is
     dropped), so every epoch has the same number of batches, computed from the lengths alone;
     resuming at `start_batch` starts at its epoch and batch without replaying earlier ones.
+
+  `Datasets.batches_per_epoch` is what one epoch of this stream is (all processes together, one
+  visit of every training example kept): examples / batch_size (padded), rows / batch_size
+  (packed), the full buckets' batches (bucketed); the unit of schedules given in epochs.
 
 * eval (`eval_dataset("validation")`, `eval_dataset("test")`): every example of this process's
   shard of that split once, in file order, padded to the task maxima;
@@ -412,6 +419,22 @@ def _bucket_boundaries(max_length: int) -> list[int]:
   return [*bounds, max_length]
 
 
+def check_batching(config) -> None:
+  """The batching fields' rules (`pack`, `bucket_by_length`, `batch_tokens`): a one-line
+  ValueError, before any data is read."""
+  pack, bucket = config.get("pack", False), config.get("bucket_by_length", False)
+  tokens = config.get("batch_tokens", 0) or 0
+  if pack and bucket:
+    raise ValueError("data.pack and data.bucket_by_length are exclusive; pick one")
+  if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+    raise ValueError(f"data.batch_tokens={tokens!r} must be an integer >= 0 (0: batch_size rows)")
+  if tokens and not bucket:
+    raise ValueError(
+      f"data.batch_tokens={tokens} needs data.bucket_by_length=True (padded or packed rows all "
+      "have one length: set data.batch_size to tokens / data.max_length instead)"
+    )
+
+
 def make_datasets(
   train: Examples,
   evals: Mapping[str, Examples],
@@ -438,7 +461,7 @@ def make_datasets(
   target text of each whole eval split (`Datasets.references`, cut like the split). Reads
   `config.batch_size`, `config.seed`, `config.eval_examples` (0 = all; applied to each eval
   split, before sharding, so an eval set does not depend on the number of processes), and the
-  optional `config.pack` / `config.bucket_by_length`.
+  optional `config.pack` / `config.bucket_by_length` / `config.batch_tokens`.
   """
   if set(evals) != set(SPLITS) or set(splits) != {"train", *SPLITS}:
     raise ValueError(
@@ -448,10 +471,10 @@ def make_datasets(
   for split, examples in evals.items():
     if len(examples) == 0:
       raise ValueError(f"the {split} split ({splits[split]}) has no examples")
+  check_batching(config)
   pack = bool(config.get("pack", False))
   bucket = bool(config.get("bucket_by_length", False))
-  if pack and bucket:
-    raise ValueError("data.pack and data.bucket_by_length are exclusive; pick one")
+  batch_tokens = int(config.get("batch_tokens", 0) or 0)
   if pack and (train.scalars or info.kind not in ("seq2seq", "lm")):
     raise ValueError(f"data.pack=True needs a seq2seq or lm task, not {info.kind!r}")
   if config.batch_size % process_count:
@@ -478,7 +501,7 @@ def make_datasets(
   # the examples trained on (after `drop_longer`); a split read per process is counted only
   # when there is one process (every process must agree on the count)
   kept = len(train) - int(train.longer(lengths).sum()) if drop_longer else len(train)
-  train_examples = kept if not train_sharded or process_count == 1 else None
+  known = not train_sharded or process_count == 1
   if not train_sharded:
     train = train.shard(process_index, process_count)
   longer = int(train.longer(lengths).sum())
@@ -496,6 +519,26 @@ def make_datasets(
   seq_keys = sorted(train.sequences)
   seed = int(config.seed)
   tensors: dict[str, tuple] = {}
+  n = len(train)
+  lens = np.stack([train.sequences[k].lengths for k in seq_keys], axis=1)
+  if pack:  # packed once: every epoch visits the same rows
+    layout = pack_layout(lens, [lengths[k] for k in seq_keys], seed)
+    per_epoch = layout.num_rows / local
+  elif bucket:
+    bounds = _bucket_boundaries(max(lengths[k] for k in seq_keys))
+    rows = _bucket_rows(bounds, config.batch_size, batch_tokens) // process_count  # local
+    per_bucket = np.bincount(np.searchsorted(bounds, lens.max(axis=1)), minlength=len(bounds))
+    per_epoch = int((per_bucket // rows).sum())
+    if per_epoch == 0:
+      raise ValueError(
+        f"no bucket of length boundaries {bounds} holds a batch of "
+        f"{dict(zip(bounds, rows.tolist(), strict=True))} training examples; lower "
+        "data.batch_size (or data.batch_tokens) or set data.bucket_by_length=False"
+      )
+  else:
+    per_epoch = kept / config.batch_size
+  # batches of a stream packed or bucketed per process differ between processes
+  batches_per_epoch = per_epoch if known and (process_count == 1 or not (pack or bucket)) else None
 
   def as_tf(split: str, examples: Examples):
     if split not in tensors:  # once per Datasets: shared by every call of the split's dataset
@@ -504,8 +547,22 @@ def make_datasets(
 
   def train_dataset(start_batch: int = 0) -> tf.data.Dataset:
     sequences, scalars = as_tf("train", train)
-    n = len(train)
-    if not (pack or bucket):
+    if pack:
+      packed = {
+        "order": tf.constant(layout.order, tf.int64),
+        "row_splits": tf.constant(layout.row_splits, tf.int64),
+        "start": tf.constant(layout.start, tf.int32),
+        "segment": tf.constant(layout.segment, tf.int32),
+      }
+      first_epoch, offset = divmod(start_batch * local, layout.num_rows)
+      row_ids = _epoch_indices(layout.num_rows, seed, first_epoch).skip(offset)
+      ds = row_ids.batch(local, drop_remainder=True).map(
+        lambda r: _packed_rows(sequences, packed, lengths, seq_keys, r),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+      )
+      return ds.prefetch(tf.data.AUTOTUNE)
+    if not bucket:
       first_epoch, offset = divmod(start_batch * local, n)
       idx = _epoch_indices(n, seed, first_epoch).skip(offset).batch(local, drop_remainder=True)
       ds = idx.map(
@@ -514,39 +571,13 @@ def make_datasets(
         deterministic=True,
       )
       return ds.prefetch(tf.data.AUTOTUNE)
-    lens = np.stack([train.sequences[k].lengths for k in seq_keys], axis=1)
-    if pack:
-      layout = pack_layout(lens, [lengths[k] for k in seq_keys], seed)
-      tensors = {
-        "order": tf.constant(layout.order, tf.int64),
-        "row_splits": tf.constant(layout.row_splits, tf.int64),
-        "start": tf.constant(layout.start, tf.int32),
-        "segment": tf.constant(layout.segment, tf.int32),
-      }
-      first_epoch, offset = divmod(start_batch * local, layout.num_rows)
-      rows = _epoch_indices(layout.num_rows, seed, first_epoch).skip(offset)
-      ds = rows.batch(local, drop_remainder=True).map(
-        lambda r: _packed_rows(sequences, tensors, lengths, seq_keys, r),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-      )
-      return ds.prefetch(tf.data.AUTOTUNE)
-    bounds = _bucket_boundaries(max(lengths[k] for k in seq_keys))
-    per_bucket = np.bincount(np.searchsorted(bounds, lens.max(axis=1)), minlength=len(bounds))
-    per_epoch = int((per_bucket // local).sum())
-    if per_epoch == 0:
-      raise ValueError(
-        f"no bucket of length boundaries {bounds} holds a batch of {local} training examples; "
-        "lower data.batch_size or set data.bucket_by_length=False"
-      )
     epoch, skip = divmod(start_batch, per_epoch)
-
     longest_of = tf.constant(lens.max(axis=1), tf.int64)
-    bounds_tf = tf.constant(bounds, tf.int64)
+    bounds_tf, rows_tf = tf.constant(bounds, tf.int64), tf.constant(rows, tf.int64)
 
     def epoch_batches(e):
-      """Epoch e's batches (example ids [per_epoch, B]) in the order a bucket fills."""
-      return _bucket_batches(_permutation(n, seed, e), longest_of, bounds_tf, local)
+      """Epoch e's batches (example ids, ragged [per_epoch, rows]) in the order buckets fill."""
+      return _bucket_batches(_permutation(n, seed, e), longest_of, bounds_tf, rows_tf)
 
     def padded(idx):
       ragged = _gather(sequences, scalars, lengths, idx, dense=False)
@@ -576,7 +607,7 @@ def make_datasets(
     dict(splits),
     references,
     report,
-    train_examples=train_examples,
+    batches_per_epoch=batches_per_epoch,
   )
 
 
@@ -594,11 +625,20 @@ def _log_lengths(report, lengths, process_index, process_count, train_sharded) -
         )  # fmt: skip
 
 
-def _bucket_batches(perm, longest, bounds, batch: int) -> tf.Tensor:
+def _bucket_rows(bounds: Sequence[int], batch_size: int, batch_tokens: int) -> np.ndarray:
+  """Global rows per batch of each bucket: `batch_size`, or with `batch_tokens` the largest
+  multiple of `batch_size` whose rows x boundary fit in `batch_tokens` (at least `batch_size`)."""
+  bounds = np.asarray(bounds, np.int64)
+  if not batch_tokens:
+    return np.full(len(bounds), batch_size, np.int64)
+  return np.maximum(batch_tokens // bounds // batch_size, 1) * batch_size
+
+
+def _bucket_batches(perm, longest, bounds, rows) -> tf.RaggedTensor:
   """An epoch of length buckets: examples `perm` in order go to the bucket of their longest
-  sequence (the smallest boundary >= it); a bucket that reaches `batch` examples gives a batch
-  (its remainder at the epoch's end is dropped). Returns the batches' example ids `[N, batch]`
-  in the order they fill: the same number of batches every epoch."""
+  sequence (the smallest boundary >= it); a bucket that reaches its `rows` examples gives a
+  batch (its remainder at the epoch's end is dropped). Returns the batches' example ids
+  (ragged `[N, rows of its bucket]`) in the order they fill: the same batches every epoch."""
   bucket = tf.searchsorted(bounds, tf.gather(longest, perm))
   grouped = tf.argsort(bucket, stable=True)  # by bucket, in visiting order inside each
   counts = tf.math.bincount(tf.cast(bucket, tf.int32), minlength=len(bounds), dtype=tf.int64)
@@ -606,10 +646,16 @@ def _bucket_batches(perm, longest, bounds, batch: int) -> tf.Tensor:
   rank = tf.range(tf.size(perm, out_type=tf.int64)) - tf.gather(
     tf.cumsum(counts, exclusive=True), member_bucket
   )
-  kept = tf.boolean_mask(grouped, rank < tf.gather(counts // batch * batch, member_bucket))
-  batches = tf.reshape(tf.cast(kept, tf.int64), [-1, batch])  # positions in the epoch
-  filled = tf.argsort(batches[:, -1])  # a batch is complete at its last member
-  return tf.gather(tf.gather(perm, batches), filled)
+  size = tf.gather(rows, member_bucket)
+  full = rank < tf.gather(counts // rows * rows, member_bucket)
+  first_batch = tf.cumsum(counts // rows, exclusive=True)  # of each bucket
+  batch_id = tf.boolean_mask(tf.gather(first_batch, member_bucket) + rank // size, full)
+  batches = tf.RaggedTensor.from_value_rowids(  # positions in the epoch
+    tf.cast(tf.boolean_mask(grouped, full), tf.int64), batch_id, nrows=tf.reduce_sum(counts // rows)
+  )
+  filled = tf.argsort(tf.reduce_max(batches, axis=1))  # a batch is complete at its last member
+  ordered = tf.gather(batches, filled)
+  return ordered.with_flat_values(tf.gather(perm, ordered.flat_values))
 
 
 def _pad_to_boundary(batch: dict, keys: Sequence[str], bounds: Sequence[int]) -> dict:

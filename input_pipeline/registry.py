@@ -24,8 +24,11 @@ def register(name: str, check: Callable[..., None] | None = None):
 
 
 def check(data_config) -> None:
-  """The task's own field rules (a one-line ValueError); tasks without rules pass."""
+  """The batching rules and the task's own field rules (a one-line ValueError)."""
+  from input_pipeline.batching import check_batching  # TensorFlow: only once a config is checked
+
   get(data_config.name)
+  check_batching(data_config)
   if data_config.name in CHECKS:
     CHECKS[data_config.name](data_config)
 

@@ -49,10 +49,23 @@ def _check(experiment: str, overrides: list[str]) -> None:
   validate.check_config(config)
 
 
-@pytest.mark.parametrize(("overrides", "field"), BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_field_is_one_line_naming_it(overrides, field):
+# batching (configs/translation.py: packed rows by default)
+BAD_BATCHING = [
+  (["--config.data.batch_tokens=4096"], "data.batch_tokens"),
+  (["--config.data.bucket_by_length=True"], "data.pack"),
+  (["--config.data.pack=False", "--config.data.bucket_by_length=True",
+    "--config.data.batch_tokens=-1"], "data.batch_tokens"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  ("experiment", "overrides", "field"),
+  [(DEFAULT, o, f) for o, f in BAD] + [("configs/translation.py", o, f) for o, f in BAD_BATCHING],
+  ids=[" ".join(o) for o, _ in BAD + BAD_BATCHING],
+)
+def test_bad_field_is_one_line_naming_it(experiment, overrides, field):
   with pytest.raises(config_file.ConfigError) as err:
-    _check(DEFAULT, overrides)
+    _check(experiment, overrides)
   message = str(err.value)
   assert "\n" not in message and field in message, message
 

@@ -1,20 +1,41 @@
-"""Schedules given in epochs: converted once from the training split's size and the batch size
-(experiments/run/epochs.py), so they follow a changed batch size."""
+"""Schedules given in epochs: converted once from the batches of one epoch, which the input
+pipeline counts from the training split and the batch size (experiments/run/epochs.py), so they
+follow a changed batch size."""
 
+import ml_collections
+import numpy as np
 import pytest
 
 from configs import image, text_classification
 from experiments.run import epochs, train, validate
+from input_pipeline import batching
+from input_pipeline.base import SPLITS, TaskInfo
+
+
+def _batches_per_epoch(data_config, examples: int) -> float:
+  """`Datasets.batches_per_epoch` of `examples` one-token training examples (padded batches)."""
+
+  def split(n):
+    return batching.Examples(
+      {"inputs": batching.Ragged.from_dense(np.ones((n, 1), np.int32))}, {"label": np.zeros(n)}
+    )
+
+  config = ml_collections.ConfigDict({"batch_size": data_config.batch_size, "seed": 0})
+  info = TaskInfo(kind="classification", vocab_size=2, max_input_length=1, num_classes=2)
+  return batching.make_datasets(
+    split(examples), {s: split(2) for s in SPLITS}, info, config,
+    splits={"train": "t", **{s: s for s in SPLITS}}, lengths={"inputs": 1},
+  ).batches_per_epoch  # fmt: skip
 
 
 def test_image_schedule_follows_the_batch_size():
   config = image.get_config()
   assert config.data.batch_size == 256
-  lra = epochs.to_steps(config, 45_000)
+  lra = epochs.to_steps(config, _batches_per_epoch(config.data, 45_000))
   assert (lra.train.num_steps, lra.train.eval_every_steps) == (35_156, 176)  # LRA: 35000, 175
   assert lra.optimizer.warmup_steps == 176 and lra.train.checkpoint_every_steps == 1758
   config.data.batch_size = 128  # a non-default batch size: twice the steps, nothing else changes
-  half = epochs.to_steps(config, 45_000)
+  half = epochs.to_steps(config, _batches_per_epoch(config.data, 45_000))
   assert (half.train.num_steps, half.optimizer.warmup_steps) == (70_312, 352)
   assert half.train.eval_every_steps == 352 and half.train.checkpoint_every_steps == 3516
   assert config.train.num_steps == 0  # the experiment's own config is not changed
@@ -26,7 +47,7 @@ def test_configs_without_epochs_are_returned_as_they_are():
 
 
 def test_epochs_need_the_split_size_and_must_not_be_negative():
-  with pytest.raises(ValueError, match=r"train.num_epochs, .* need the training split's size"):
+  with pytest.raises(ValueError, match=r"train.num_epochs, .* need the number of batches"):
     epochs.to_steps(image.get_config(), None)
   validate.check_config(image.get_config())  # steps fields given in epochs are not required
   config = image.get_config()

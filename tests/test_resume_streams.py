@@ -25,9 +25,11 @@ def _examples(n: int, seed: int) -> batching.Examples:
   )
 
 
-def _datasets(mode: str, n: int = 300, batch_size: int = 8):
+def _datasets(mode: str, n: int = 300, batch_size: int = 8, **fields):
   config = ml_collections.ConfigDict({"batch_size": batch_size, "seed": 3, "eval_examples": 0})
-  config[mode] = True
+  if mode != "padded":
+    config[mode] = True
+  config.update(fields)
   info = TaskInfo(kind="seq2seq", vocab_size=50, max_input_length=12, max_target_length=10)
   evals = {split: _examples(10, i) for i, split in enumerate(SPLITS)}
   splits = {"train": "generated", **{s: "generated" for s in SPLITS}}
@@ -40,9 +42,12 @@ def _take(data, start: int, count: int) -> list[dict[str, np.ndarray]]:
   return list(data.train_dataset(start).take(count).as_numpy_iterator())
 
 
-@pytest.mark.parametrize("mode", ["pack", "bucket_by_length"])
-def test_resumed_stream_equals_the_uninterrupted_one_across_epochs(mode):
-  data = _datasets(mode)
+@pytest.mark.parametrize(
+  ("mode", "fields"),
+  [("pack", {}), ("bucket_by_length", {}), ("bucket_by_length", {"batch_tokens": 64})],
+)
+def test_resumed_stream_equals_the_uninterrupted_one_across_epochs(mode, fields):
+  data = _datasets(mode, **fields)
   stream = _take(data, 0, 120)  # several epochs of 300 examples
   for start in (1, 17, 40, 63, 101):
     resumed = _take(data, start, 8)
@@ -89,4 +94,47 @@ def test_every_epoch_packs_every_example_once_in_its_own_segment():
 
 def test_bucketing_with_no_full_bucket_says_what_to_change():
   with pytest.raises(ValueError, match="lower data.batch_size"):
-    _datasets("bucket_by_length", n=20, batch_size=16).train_dataset(0)
+    _datasets("bucket_by_length", n=20, batch_size=16)
+  with pytest.raises(ValueError, match="data.batch_tokens=64 needs data.bucket_by_length=True"):
+    _datasets("pack", batch_tokens=64)
+
+
+def _ids(batch, i: int) -> tuple:
+  return tuple(tuple(batch[k][i][batch[k][i] > 0].tolist()) for k in sorted(LENGTHS))
+
+
+def test_batches_by_tokens_fill_each_bucket_to_the_budget_and_an_epoch_visits_each_once():
+  """batch_tokens=64, batch_size=2: buckets of length 8 and 12 get 8 and 4 rows (the largest
+  multiples of 2 with rows x length <= 64); `batches_per_epoch` batches are one epoch."""
+  examples = _examples(300, 0)
+  data = _datasets("bucket_by_length", batch_size=2, batch_tokens=64)
+  per_epoch = data.batches_per_epoch
+  assert per_epoch == int(per_epoch) > 0
+  epoch = _take(data, 0, int(per_epoch))
+  shapes = {b["inputs"].shape for b in epoch} | {b["targets"].shape for b in epoch}
+  assert shapes == {(8, 8), (4, 12)}  # rows x bucket length: 64 and 48 tokens
+  seen = [_ids(b, i) for b in epoch for i in range(len(b["inputs"]))]
+  corpus = {
+    (tuple(examples.sequences["inputs"][i].tolist()), tuple(examples.sequences["targets"][i]
+     .tolist())) for i in range(len(examples))
+  }  # fmt: skip
+  assert len(set(seen)) == len(seen) and set(seen) <= corpus  # each example at most once
+  longest = np.maximum(*(examples.sequences[k].lengths for k in sorted(LENGTHS)))
+  short = int((longest <= 8).sum())  # bucket 8; the rest in bucket 12
+  assert len(seen) == short // 8 * 8 + (300 - short) // 4 * 4  # only partial batches dropped
+  # the next epoch is another order of the same examples
+  following = _take(data, int(per_epoch), int(per_epoch))
+  again = [_ids(b, i) for b in following for i in range(len(b["inputs"]))]
+  assert again != seen and len(again) == len(seen)
+
+
+def test_batches_per_epoch_count_the_batches_of_one_visit():
+  """Padded: examples / batch; packed: the rows / batch; buckets: the full batches."""
+  assert _datasets("padded").batches_per_epoch == 300 / 8
+  examples = _examples(300, 0)
+  lens = np.stack([examples.sequences[k].lengths for k in sorted(LENGTHS)], axis=1)
+  rows = batching.pack_layout(lens, [LENGTHS[k] for k in sorted(LENGTHS)], seed=3).num_rows
+  assert _datasets("pack").batches_per_epoch == rows / 8 < 300 / 8  # rows hold several
+  longest = lens.max(axis=1)
+  short = int((longest <= 8).sum())  # buckets of length 8 and 12
+  assert _datasets("bucket_by_length").batches_per_epoch == short // 8 + (300 - short) // 8

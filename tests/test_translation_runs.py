@@ -98,12 +98,19 @@ def test_small_preset_runs_from_the_file_paths_alone(tmp_path):
   from configs import translation
 
   config = translation.get_config("preset=small")
-  config.data.update(parallel_text(tmp_path), vocab_size=40, batch_size=16)
+  assert config.data.bucket_by_length and config.data.batch_tokens == 4096
+  config.data.update(parallel_text(tmp_path), vocab_size=40, batch_size=4, batch_tokens=128)
   config.model.update(emb_dim=16, hidden_dim=16)
   config.train.num_epochs = 1
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert results["status"] == "finished" and results["step"] == 10  # 160 pairs / 16
+  assert results["status"] == "finished"
   assert results["main_metric"] == "eval/bleu" and "test/bleu" in results["test"]
+  # one epoch of ~128-token batches: 16 rows of length 8, 8 of 16, 4 of 32
+  data = input_pipeline.get_datasets(config.data, workdir=str(tmp_path / "run"))
+  epoch = list(data.train_dataset(0).take(int(data.batches_per_epoch)).as_numpy_iterator())
+  assert results["step"] == len(epoch) == data.batches_per_epoch < 160 / 4
+  shapes = {b["inputs"].shape for b in epoch}
+  assert len(shapes) > 1 and all(r * length <= 128 and r % 4 == 0 for r, length in shapes)
 
 
 def test_early_stopping_after_evaluations_without_improvement(tmp_path):

@@ -97,7 +97,7 @@ def build(
   if info is None:
     info = datasets.info
     try:
-      config = epochs.to_steps(config, datasets.train_examples)
+      config = epochs.to_steps(config, datasets.batches_per_epoch)
     except ValueError as e:
       raise validate.ConfigError(str(e)) from None
     validate.check_config_for_task(config, info)

@@ -1,8 +1,10 @@
 """Schedules given in epochs, converted to steps once, where the run is built.
 
 Each `*_epochs` field below that is > 0 sets its `*_steps` field to
-`max(1, round(epochs * train_examples / data.batch_size))` (`train_examples`: the training
-split's size, `Datasets.train_examples`), so a schedule follows the batch size and the corpus.
+`max(1, round(epochs * batches_per_epoch))`, where `batches_per_epoch` is what the input pipeline
+says one visit of every training example takes (`Datasets.batches_per_epoch`: examples /
+batch_size, packed rows / batch_size, or the batches of the length buckets), so a schedule follows
+the corpus, the batch size and the batching.
 """
 
 import ml_collections
@@ -25,22 +27,22 @@ def given(config: ml_collections.ConfigDict) -> list[str]:
   ]
 
 
-def to_steps(config: ml_collections.ConfigDict, train_examples: int | None):
+def to_steps(config: ml_collections.ConfigDict, batches_per_epoch: float | None):
   """A copy of `config` with every epoch field converted (the config itself when none is set)."""
   if not given(config):
     return config
-  if not train_examples:
+  if not batches_per_epoch:
     raise ValueError(
-      f"{', '.join(given(config))} need the training split's size, which this task does not "
-      "know (a generated stream, or a split read per process); give the *_steps fields instead"
+      f"{', '.join(given(config))} need the number of batches in an epoch, which this task does "
+      "not know (a generated stream, or packed or bucketed batches of a split read per "
+      "process); give the *_steps fields instead"
     )
   out = config.copy_and_resolve_references()
-  per_epoch = train_examples / config.data.batch_size
   for section, epochs, steps in FIELDS:
     value = out[section].get(epochs) or 0
     if value > 0:
       if out[section].get(steps):
         logging.warning("%s.%s=%s is replaced by %s.%s=%s", section, steps, out[section][steps],
                         section, epochs, value)  # fmt: skip
-      out[section][steps] = max(1, round(value * per_epoch))
+      out[section][steps] = max(1, round(value * batches_per_epoch))
   return out
