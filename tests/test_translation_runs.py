@@ -11,7 +11,7 @@ import sacrebleu
 
 import input_pipeline
 from experiments.run import decode_eval, train
-from tests.helpers import parallel_text, tiny_config
+from tests.helpers import parallel_text, records, tiny_config
 
 
 def translation_config(directory, steps=4, max_length=16) -> ml_collections.ConfigDict:
@@ -111,6 +111,10 @@ def test_small_preset_runs_from_the_file_paths_alone(tmp_path):
   assert results["step"] == len(epoch) == data.batches_per_epoch < 160 / 4
   shapes = {b["inputs"].shape for b in epoch}
   assert len(shapes) > 1 and all(r * length <= 128 and r % 4 == 0 for r, length in shapes)
+  # tokens/s counts each batch's own tokens (one log interval here: the whole epoch)
+  (train_record,) = [r for r in records(tmp_path / "run") if "train/loss" in r]
+  per_step = train_record["train/tokens_per_sec"] / train_record["train/steps_per_sec"]
+  assert per_step == pytest.approx(np.mean([b["inputs"].size + b["targets"].size for b in epoch]))
 
 
 def test_early_stopping_after_evaluations_without_improvement(tmp_path):

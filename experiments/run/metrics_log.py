@@ -23,9 +23,9 @@ class MetricsLog:
     self.num_steps = num_steps
     self.wall_start, self.wall_before = time.time(), wall_before
     self.train_metrics = []
-    self.tokens_per_step = 0
     self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
-    self.train_seconds, self.steps_timed = 0.0, 0
+    self.window_tokens = 0
+    self.train_seconds, self.steps_timed, self.tokens_timed = 0.0, 0, 0
     self.window_rates: list[float] = []  # steps/s of each log interval
     if self.primary and os.path.exists(self.path):
       self._drop_after(start_step)
@@ -52,11 +52,13 @@ class MetricsLog:
         f.writelines(kept)
       os.replace(self.path + ".tmp", self.path)
 
-  def add(self, metrics) -> None:
+  def add(self, metrics, tokens: int) -> None:
     """A train step's metrics, kept on the device as they are (merging them would dispatch
-    small programs every step): merged and read at the next log step."""
+    small programs every step): merged and read at the next log step; `tokens` in its batch
+    (padding included; batches of length buckets differ)."""
     self.train_metrics.append(metrics)
     self.window_steps += 1
+    self.window_tokens += tokens
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     self.writer.write_scalars(step, scalars)
@@ -74,11 +76,12 @@ class MetricsLog:
     elapsed = self.window_paused + time.perf_counter() - self.window_start
     self.train_seconds += elapsed
     self.steps_timed += self.window_steps
+    self.tokens_timed += self.window_tokens
     rate = self.window_steps / elapsed
     self.window_rates.append(rate)
     merged = functools.reduce(lambda a, b: a.merge(b), self.train_metrics)
     scalars = {f"train/{k}": float(v) for k, v in merged.compute().items()}
-    scalars |= {"train/steps_per_sec": rate, "train/tokens_per_sec": rate * self.tokens_per_step}
+    scalars |= {"train/steps_per_sec": rate, "train/tokens_per_sec": self.window_tokens / elapsed}
     scalars |= extra or {}
     self.write(step, scalars)
     eta = (self.num_steps - step) / max(rate, 1e-9)
@@ -89,6 +92,7 @@ class MetricsLog:
     )  # fmt: skip
     self.train_metrics = []
     self.window_start, self.window_steps, self.window_paused = time.perf_counter(), 0, 0.0
+    self.window_tokens = 0
 
   @contextlib.contextmanager
   def clock_stopped(self):
@@ -103,7 +107,7 @@ class MetricsLog:
     seconds = self.train_seconds
     return {
       "steps_per_sec": self.steps_timed / seconds if seconds else None,
-      "tokens_per_sec": self.steps_timed * self.tokens_per_step / seconds if seconds else None,
+      "tokens_per_sec": self.tokens_timed / seconds if seconds else None,
       # the median log interval after the first: timings that do not include warm-up
       "steady_steps_per_sec": float(np.median(self.window_rates[1:] or self.window_rates))
       if self.window_rates

@@ -164,7 +164,6 @@ def train_and_evaluate(
     logging.info("%d parameters; compiled in %.1fs", run.num_params, run.steps.compile_seconds)
     validate.write_config(workdir, config)  # only once the run has started
     log = stack.enter_context(MetricsLog(workdir, num_steps, start_step, meta["wall_seconds"]))
-    log.tokens_per_step = tasks.batch_tokens(batch)
     origin = provenance.collect()  # code, libraries, devices: results.json and TensorBoard
     log.writer.write_hparams(provenance.hparams(config.to_dict(), origin))
     learning_rate = optim.schedule(config.optimizer, num_steps // config.optimizer.grad_accum_steps)
@@ -175,7 +174,7 @@ def train_and_evaluate(
       profile.before(step)
       with jax.transfer_guard("disallow"), jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = run.steps.train(state, batch)
-        log.add(metrics)
+        log.add(metrics, tasks.batch_tokens(batch))
         step += 1
         for hook in hooks:
           hook(step)
