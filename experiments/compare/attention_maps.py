@@ -9,6 +9,7 @@ Types that form no weights matrix (linear, Performer) sow none and get no map.
 import functools
 import os
 import re
+import textwrap
 from typing import Any
 
 import flax.linen as nn
@@ -45,7 +46,7 @@ def weights_of(run_dir: str) -> tuple[list[tuple[str, np.ndarray]], dict, Any] |
   run, restored = build.trained(run_dir, _example)
   if restored is None:
     return None
-  example = _example(run.datasets)
+  example = run.example
   with nn.logical_axis_rules(run.axis_rules):
     variables = {"params": restored.params, **(restored.model_state or {})}
     apply = jax.jit(functools.partial(run.model.apply, train=False, mutable=["intermediates"]))
@@ -86,8 +87,8 @@ def draw(run_dir: str, path: str, max_layers: int = 8, max_heads: int = 4) -> st
   heads = min(max_heads, max(w.shape[0] for _, w in maps))
   longest = max(max(w.shape[1:]) for _, w in maps)
   cell = float(np.clip(0.17 * longest, 2.2, 4.5))  # inches per map
-  height = cell * len(maps) + 0.7
-  fig, axes = plt.subplots(len(maps), heads, figsize=(cell * heads + 1.2, height), squeeze=False)
+  size = (max(cell * heads + 1.5, 5.0), cell * len(maps) + 1.0)  # room for the title and bar
+  fig, axes = plt.subplots(len(maps), heads, figsize=size, squeeze=False, layout="constrained")
   image = None
   for row, (layer, w) in enumerate(maps):
     q_role, q_labels = _tokens(example, w.shape[1], info)
@@ -110,10 +111,10 @@ def draw(run_dir: str, path: str, max_layers: int = 8, max_heads: int = 4) -> st
         ax.set_ylabel(f"query: {q_role} token", fontsize=7)
       else:
         ax.set_yticks([])
-  fig.suptitle(f"{os.path.basename(os.path.normpath(run_dir))}: attention weights", fontsize=9)
-  fig.tight_layout(rect=(0, 0, 0.92, 1 - 0.3 / height))  # room for the title
+  name = os.path.basename(os.path.normpath(run_dir)).replace(",", ", ")
+  fig.suptitle(textwrap.fill(f"{name}: attention weights", 12 * size[0]), fontsize=9)
   if image is not None:
-    bar = fig.colorbar(image, cax=fig.add_axes((0.935, 0.2, 0.015, 0.6)))
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
     bar.set_label("attention weight", fontsize=8)
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -44,6 +44,7 @@ class Run:
   state_sharding: Any
   steps: steps.Steps
   num_params: int
+  example: dict[str, np.ndarray]  # the batch that fixed the state's shapes
 
   @property
   def axis_rules(self) -> tuple[tuple[str, Any], ...]:
@@ -110,7 +111,9 @@ def build(
     initial, state_sharding = state.create(config, model, tx, mesh, example)
   compiled = steps.make(config, info.kind, state_sharding, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(initial.params)))
-  return Run(config, datasets, info, model, mesh, initial, state_sharding, compiled, num_params)
+  return Run(
+    config, datasets, info, model, mesh, initial, state_sharding, compiled, num_params, example
+  )
 
 
 def trained(workdir: str, example_of: Callable[[Any], dict[str, np.ndarray]]):
