@@ -167,11 +167,6 @@ ATTENTION_POSITIVE = (
   "num_hashes", "num_window_blocks", "top_k", "num_kv_heads", "hidden_size",
 )  # fmt: skip
 ATTENTION_NONNEGATIVE = ("num_global_blocks", "num_random_blocks", "global_tokens", "num_summary")
-# Fields of sparse patterns that cover a whole sequence of `model.max_len` at this size or more.
-COVERS_SEQUENCE = {
-  "sliding_window": "window", "longformer": "window", "local": "window", "sparse_fixed": "stride",
-  "lsh": "bucket_size", "sinkhorn": "block_size",
-}  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:
@@ -226,7 +221,7 @@ def _check_attention_fields(model: ml_collections.ConfigDict) -> list[str]:
     except ValueError as e:
       raise ConfigError(f"{ATTENTION}.num_kv_heads: {e} (model.num_heads)") from None
   warnings = []
-  covering = COVERS_SEQUENCE.get(name)
+  covering = attention.get(name).covers_sequence_field
   max_len = model.get("max_len")
   if covering and _is_int(max_len) and values[covering] >= max_len:
     warnings.append(

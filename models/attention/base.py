@@ -86,6 +86,9 @@ class Attention(nn.Module):
   drops_weights: ClassVar[bool] = True
   # `prepare` computes the key/value-only parts once (a `KeysValues`); else it returns its input.
   prepares_kv: ClassVar[bool] = False
+  # A sparse pattern's field that, at `model.max_len` or more, covers the whole sequence (the
+  # type then computes dense attention at a sparse type's cost; the config check warns).
+  covers_sequence_field: ClassVar[str | None] = None
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size

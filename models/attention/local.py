@@ -35,6 +35,8 @@ MODES = ("monotonic", "predictive")
 class LocalAttention(ScoredAttention):
   """Luong local-m / local-p attention with a Gaussian window."""
 
+  covers_sequence_field = "window"
+
   mode: str = "predictive"  # monotonic | predictive
   window: int = 8  # D: keys p_i - D .. p_i + D are visible, σ = D / 2
   score: str = "general"  # dot | general | additive

@@ -23,6 +23,8 @@ from models.attention.registry import register
 class LongformerAttention(_blocks.SparseSelfAttention):
   """Banded attention within `window` plus `global_tokens` leading tokens with full attention."""
 
+  covers_sequence_field = "window"
+
   window: int = 128  # keys at distance <= window on each side (causal: to the left)
   global_tokens: int = 1  # the first g positions attend everywhere and are attended by all
 

@@ -61,6 +61,7 @@ class LSHAttention(Attention):
   supports_cross = False
   dense_mask = False
   padding_invariant = False  # the buckets' number and the chunks depend on the length
+  covers_sequence_field = "bucket_size"
 
   num_hashes: int = 4  # r: hashing rounds
   bucket_size: int = 32  # average bucket size; chunks are twice as long

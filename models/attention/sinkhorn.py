@@ -54,6 +54,7 @@ class SinkhornAttention(_blocks.SparseSelfAttention):
   """Local block + a Sinkhorn-sorted block of keys per query block."""
 
   padding_invariant = False  # the blocks' sort mixes positions across blocks
+  covers_sequence_field = "block_size"
 
   block_size: int = 64  # b
   max_length: int = 512  # longest sequence (SortNet predicts max_length / b target blocks)

@@ -21,6 +21,8 @@ from models.attention.registry import register
 class SlidingWindowAttention(_blocks.SparseSelfAttention):
   """Banded softmax attention over keys within `window` positions, in blocks of `window`."""
 
+  covers_sequence_field = "window"
+
   window: int = 128  # keys at distance <= window on each side (causal: to the left)
 
   def context(self, q, k, v, valid, deterministic):

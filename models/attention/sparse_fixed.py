@@ -24,6 +24,8 @@ from models.attention.registry import register
 class SparseFixedAttention(_blocks.SparseSelfAttention):
   """Own block (`stride` l) + the last `num_summary` positions of every block."""
 
+  covers_sequence_field = "stride"
+
   stride: int = 128  # l: the block length
   num_summary: int = 8  # c: summary positions at the end of every block
 
