@@ -77,16 +77,19 @@ def check(model_config: Mapping[str, Any], info: Any) -> None:
 
 
 def _check_attention_length(attention_fields: dict[str, Any], max_len: int | None) -> None:
-  """Types that learn one weight per position (`max_length`) must cover the model's length."""
-  name = attention_fields["name"]
-  if max_len is None or "max_length" not in attention.own_fields(name):
+  """Types that learn one weight per position (their `length_fields`) must cover the model's
+  length."""
+  if max_len is None:
     return
-  have = attention_fields.get("max_length", attention.get(name).max_length)
-  if have < max_len:
-    raise ValueError(
-      f"attention {name!r} has max_length={have} < model.max_len={max_len}; "
-      f"set --config.model.attention.max_length={max_len}"
-    )
+  name = attention_fields["name"]
+  cls = attention.get(name)
+  for field in cls.length_fields:
+    have = attention_fields.get(field, getattr(cls, field))
+    if have < max_len:
+      raise ValueError(
+        f"attention {name!r} has {field}={have} < model.max_len={max_len}; "
+        f"set --config.model.attention.{field}={max_len}"
+      )
 
 
 def supports_packing(model_config: Mapping[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """Properties every registered attention type must have (parameterised over the registry).
 
-A newly registered type is tested here automatically (its tiny-size fields go in
-`attention_cases.FIELDS`); the capability flags of `base.Attention` (`supports_causal`,
+A newly registered type is tested here automatically (its tiny-size fields are its
+`test_fields`); the capability flags of `base.Attention` (`supports_causal`,
 `supports_cross`, `dense_mask`, `padding_invariant`) say which properties apply.
 """
 

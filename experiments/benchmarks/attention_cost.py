@@ -2,12 +2,13 @@
 experiments.benchmarks --help`).
 
 Method. At each length every requested type is built (type fields that depend on the length come
-from `type_fields`), jitted and compiled ahead of time (`compile_ms`, not part of the timings),
-and its compiled temporary memory read from XLA's memory analysis (`temp_bytes`). Fresh random
-inputs for every call are generated before any timing. The types are then timed interleaved
-(round r calls every type once, in an order rotated each round), so load from other processes
-on the machine falls on all of them alike: `--warmup` untimed rounds, then `--repeats` timed
-rounds, each call ended by `block_until_ready`; rows report the median and minimum.
+from `type_fields`: the type's `length_fields`), jitted and compiled ahead of time (`compile_ms`,
+not part of the timings), and its compiled temporary memory read from XLA's memory analysis
+(`temp_bytes`). Fresh random inputs for every call are generated before any timing. The types are
+then timed interleaved (round r calls every type once, in an order rotated each round), so load from
+other processes on the machine falls on all of them alike: `--warmup` untimed rounds, then
+`--repeats` timed rounds, each call ended by `block_until_ready`; rows report the median and
+minimum.
 
 Rows whose compiled temporary memory exceeds `--max_temp_gib`, or whose analytic FLOPs exceed
 `--max_gflop`, are compiled but not run (`skipped` says why), so e.g. `scaled_dot` at T=16384 can
@@ -19,9 +20,10 @@ q/k/v/out projections like every registered type) and `jax_dpa` (`jax.nn.dot_pro
 on already-projected q, k, v); on a GPU with 16-bit inputs also `jax_dpa_cudnn` (its cuDNN
 kernel). `vs_reference` = median time / `flax_mha`'s median at the same shape.
 
-FLOPs are analytic (`FORWARD_FLOPS`, one formula per type, projections included; forward +
-backward = 3x forward), so `gflops_per_s` compares types by useful work, and `util` divides it
-by the device's measured matmul rate (`device_info.matmul_rate`).
+FLOPs are analytic (each type's `forward_flops` in its file under `models/attention/`, the
+references' in `REFERENCE_FLOPS`; projections included; forward + backward = 3x forward), so
+`gflops_per_s` compares types by useful work, and `util` divides it by the device's measured
+matmul rate (`device_info.matmul_rate`).
 """
 
 import collections
@@ -43,13 +45,15 @@ import jax
 import jax.numpy as jnp
 
 from models import attention
+from models.attention import cost
 
 REFERENCES = ("flax_mha", "jax_dpa", "jax_dpa_cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-  """One benchmark shape: inputs `[batch, length, heads * head_dim]`."""
+  """One benchmark shape: inputs `[batch, length, heads * head_dim]` (what the types'
+  `forward_flops` read, `models.attention.cost.CallShape`, plus the mode and dtype)."""
 
   batch: int
   length: int
@@ -68,16 +72,11 @@ class Shape:
 
 
 def type_fields(name: str, length: int) -> dict[str, Any]:
-  """Type fields a type needs at a given length (the others keep the type's defaults)."""
-  fields = {
-    "linformer": {"max_length": length},
-    "synthesizer": {"max_length": length},
-    "location": {"max_length": length},
-    "sinkhorn": {"max_length": length},
-  }.get(name, {})
-  if name in attention.REGISTRY:  # only fields the type has (the registry rejects others)
-    fields = {k: v for k, v in fields.items() if k in attention.own_fields(name)}
-  return fields
+  """Type fields a type needs at a given length (its `length_fields`; the others keep the
+  type's defaults)."""
+  if name not in attention.REGISTRY:
+    return {}
+  return dict.fromkeys(attention.get(name).length_fields, length)
 
 
 def fields_of(name: str, length: int) -> dict[str, Any]:
@@ -93,183 +92,35 @@ def fields_of(name: str, length: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ FLOP counts
-# Forward FLOPs per type, projections included: 2 per multiply-add; element-wise work is not
-# counted except additions at the O(T² d) scale (additive-style scores). b, t, h, d = batch,
-# length, heads, head width; e = h d. Dense types count all T² query-key pairs (what they
-# compute, also when causal); `memory_efficient` skips key chunks wholly in the future.
+# A registered type's forward FLOPs are its own `forward_flops` (models/attention/cost.py says
+# what is counted); the references that are not registered types have theirs here.
 
-
-def _proj(s: Shape, n: int) -> float:
-  """n projections `[B, T, E] x [E, E]` (query, key, value, out)."""
-  return n * 2.0 * s.batch * s.length * s.width * s.width
-
-
-def _dense(s: Shape, pairs: float | None = None) -> float:
-  """q kᵀ and w v over `pairs` query-key pairs per head (default T²)."""
-  pairs = s.length * s.length if pairs is None else pairs
-  return 4.0 * s.batch * s.heads * pairs * s.head_dim
-
-
-def _bthd(s: Shape) -> float:
-  return float(s.batch * s.length * s.heads * s.head_dim)
-
-
-def _score_extra(s: Shape, score: str) -> float:
-  """What a Luong score adds to the plain q kᵀ (see `_scores.py`)."""
-  if score == "general":  # q W per head
-    return 2.0 * _bthd(s) * s.head_dim
-  if score == "additive":  # q_i + k_j for every pair
-    return _bthd(s) * s.length
-  return 0.0
-
-
-def _kernel(s: Shape, features: int, f: dict) -> float:
-  """Linear attention with `features` per head (`linear.kernel_attention`)."""
-  t, m, d = s.length, features, s.head_dim
-  body = 2 * 2.0 * s.batch * s.heads * t * m * d  # Σ φ(k) vᵀ, φ(q)ᵀ S
-  if s.causal:  # exact within chunks of C: φ(q) φ(k)ᵀ and its product with v
-    c = min(f.get("chunk_size", 64), t)
-    body += 2.0 * s.batch * s.heads * t * c * (m + d)
-  return body
-
-
-def _banded(s: Shape, window: int, extra_keys: int = 0) -> float:
-  """Blocks of `window` queries against 3 (causal 2) blocks of keys, plus `extra_keys`."""
-  padded = -(-s.length // window) * window
-  return _dense(s, padded * ((2 if s.causal else 3) * window + extra_keys))
-
-
-def _memory_efficient(s: Shape, f: dict) -> float:
-  if not s.causal:
-    return _proj(s, 4) + _dense(s)
-  c = f.get("key_chunk_size", 128)
-  return _proj(s, 4) + _dense(s, s.length * (s.length + c) / 2)
-
-
-def _recurrent(s: Shape, f: dict) -> float:
-  e, hid = s.width, f.get("hidden_size") or s.width
-  pairs = s.batch * s.length * s.length
-  lstm = pairs * 2.0 * (2 * e + hid) * 4 * hid  # an LSTM step on [x_q; x_kv] per pair
-  return _proj(s, 2) + lstm + pairs * 2.0 * hid * e + _dense(s)  # + W_r h, vᵀ tanh, w v
-
-
-def _convolutional(s: Shape, f: dict) -> float:
-  k, e = f.get("kernel_size", 3), s.width
-  convs = 2 * 2.0 * s.batch * s.length * e * k * e  # query and key parts of W_c
-  taps = 2 * 2.0 * _bthd(s) * s.length * k  # summing the K taps for every pair
-  return _proj(s, 2) + convs + taps + _dense(s)  # + vᵀ tanh, w v
-
-
-def _location_sensitive(s: Shape, f: dict) -> float:
-  k, nf, d = f.get("kernel_size", 5), f.get("num_filters", 8), s.head_dim
-  per_pair = 2.0 * k * nf + 2.0 * nf * d + 2.0 * d + 2.0 * d  # F * α, U f, two additions
-  pairs = s.batch * s.heads * s.length * s.length
-  return _proj(s, 4) + pairs * per_pair + _dense(s)  # + vᵀ tanh, w v (in _dense)
-
-
-def _local(s: Shape, f: dict) -> float:
-  predictor = 2.0 * _bthd(s) * s.head_dim if f.get("mode") == "predictive" else 0.0
-  return _proj(s, 4) + _dense(s) + _score_extra(s, f.get("score", "general")) + predictor
-
-
-def _linformer(s: Shape, f: dict) -> float:
-  k = f.get("k", 64)
-  along_length = 2 * 2.0 * s.batch * k * s.length * s.width  # E K and F V
-  return _proj(s, 4) + along_length + _dense(s, s.length * k)
-
-
-def _performer(s: Shape, f: dict) -> float:
-  m = f.get("num_features", 128)
-  features = 2 * 2.0 * _bthd(s) * m  # Ω q and Ω k
-  return _proj(s, 4) + features + _kernel(s, m, f)
-
-
-def _longformer(s: Shape, f: dict) -> float:
-  w, g = f.get("window", 128), f.get("global_tokens", 1)
-  return _proj(s, 4) + _banded(s, w, g) + _dense(s, g * s.length)
-
-
-def _bigbird(s: Shape, f: dict) -> float:
-  """Each query block: K = global + window + random key blocks; the global queries: all keys."""
-  blk, g = f.get("block_size", 64), f.get("num_global_blocks", 1)
-  k = g + f.get("num_window_blocks", 3) + f.get("num_random_blocks", 3)
-  padded = -(-s.length // blk) * blk
-  return _proj(s, 4) + _dense(s, padded * min(k * blk, s.length)) + _dense(s, g * blk * s.length)
-
-
-def _lsh(s: Shape, f: dict) -> float:
-  """Shared QK (3 projections); per hash round: chunks of m = 2·bucket_size queries see their
-  chunk and the previous one (2m keys), plus the random rotations for hashing."""
-  r, m = f.get("num_hashes", 4), min(2 * f.get("bucket_size", 32), s.length)
-  buckets = 2 * -(-s.length // (2 * f.get("bucket_size", 32)))
-  padded = -(-s.length // m) * m
-  hashing = 2.0 * _bthd(s) * buckets / 2
-  return _proj(s, 3) + r * (_dense(s, padded * min(2 * m, padded)) + hashing)
-
-
-def _sinkhorn(s: Shape, f: dict) -> float:
-  """Own block and one softly sorted block per query block; P (N x N) mixes key/value blocks."""
-  blk = min(f.get("block_size", 64), s.length)
-  n = -(-s.length // blk)
-  sort = 2 * 2.0 * s.batch * s.heads * n * n * blk * s.head_dim  # sorted keys and values
-  return _proj(s, 4) + _dense(s, n * blk * 2 * blk) + sort
-
-
-def _sparse_fixed(s: Shape, f: dict) -> float:
-  """Own block of l keys plus c summary keys of every block."""
-  stride, c = min(f.get("stride", 128), s.length), f.get("num_summary", 8)
-  n = -(-s.length // stride)
-  return _proj(s, 4) + _dense(s, n * stride * (stride + n * min(c, stride)))
-
-
-def _synthesizer(s: Shape, f: dict) -> float:
-  """Dense: W₁ (E -> E) and W₂ (d -> ℓ per head) per token; random: none; then w v."""
-  ell = f.get("max_length", s.length)
-  synth = 0.0
-  if f.get("variant", "dense") == "dense":
-    synth = _proj(s, 1) + 2.0 * s.batch * s.length * s.width * ell
-  if f.get("mix_dot"):  # + q, k projections and q kᵀ
-    synth += _proj(s, 2) + _dense(s) / 2
-  return _proj(s, 2) + synth + _dense(s) / 2
-
-
-FORWARD_FLOPS: dict[str, Callable[[Shape, dict], float]] = {
-  "flax_mha": lambda s, f: _proj(s, 4) + _dense(s),
-  "jax_dpa": lambda s, f: _dense(s),  # q, k, v come projected
-  "jax_dpa_cudnn": lambda s, f: _dense(s),
-  "scaled_dot": lambda s, f: _proj(s, 4) + _dense(s),
-  "dot": lambda s, f: _proj(s, 4) + _dense(s),
-  "general": lambda s, f: _proj(s, 4) + _dense(s) + _score_extra(s, "general"),
-  "additive": lambda s, f: _proj(s, 4) + _dense(s) + _score_extra(s, "additive"),
-  "local": _local,
-  # W_a x_q -> max_length scores per head; no key projection.
-  "location": lambda s, f: (
-    _proj(s, 2)
-    + 2.0 * s.batch * s.length * s.width * s.heads * f.get("max_length", s.length)
-    + _dense(s) / 2
-  ),  # w v only
-  "location_sensitive": _location_sensitive,
-  "convolutional": _convolutional,
-  "recurrent": _recurrent,
-  "memory_efficient": _memory_efficient,
-  "linear": lambda s, f: _proj(s, 4) + _kernel(s, s.head_dim, f),
-  "performer": _performer,
-  "linformer": _linformer,
-  "sliding_window": lambda s, f: _proj(s, 4) + _banded(s, f.get("window", 128)),
-  "longformer": _longformer,
-  "bigbird": _bigbird,
-  "lsh": _lsh,
-  "sinkhorn": _sinkhorn,
-  "sparse_fixed": _sparse_fixed,
-  "synthesizer": _synthesizer,
+REFERENCE_FLOPS: dict[str, Callable[[Shape], float]] = {
+  "flax_mha": lambda s: attention.Attention.forward_flops(s, {}),  # the dense default
+  "jax_dpa": lambda s: cost.dense(s),  # q, k, v come projected
+  "jax_dpa_cudnn": lambda s: cost.dense(s),
 }
+
+
+def forward_flops(name: str, s: Shape) -> float:
+  """Analytic FLOPs of one forward call, projections included."""
+  if name in REFERENCE_FLOPS:
+    return REFERENCE_FLOPS[name](s)
+  return attention.get(name).forward_flops(s, fields_of(name, s.length))
 
 
 def flops(name: str, s: Shape) -> float:
   """Analytic FLOPs of one call: forward, or forward + backward (3x forward)."""
-  formula = FORWARD_FLOPS.get(name, FORWARD_FLOPS["scaled_dot"])
-  forward = formula(s, fields_of(name, s.length))
-  return forward * (3.0 if s.mode == "fwd_bwd" else 1.0)
+  return forward_flops(name, s) * (3.0 if s.mode == "fwd_bwd" else 1.0)
+
+
+def flops_formula(name: str) -> str:
+  """Which formula a row's FLOPs come from: the name, or `dense default` for a registered type
+  that keeps `Attention.forward_flops`."""
+  if name in REFERENCE_FLOPS:
+    return name
+  own = attention.get(name).forward_flops.__func__ is not attention.Attention.forward_flops.__func__
+  return name if own else "dense default"
 
 
 # ---------------------------------------------------------------------------- the functions
@@ -358,7 +209,7 @@ def _base_row(name: str, s: Shape) -> dict[str, Any]:
   return {
     "attention": name, "length": s.length, "batch": s.batch, "heads": s.heads,
     "head_dim": s.head_dim, "mode": s.mode, "dtype": s.dtype, "causal": s.causal,
-    "flops": flops(name, s), "flops_formula": name if name in FORWARD_FLOPS else "dense default",
+    "flops": flops(name, s), "flops_formula": flops_formula(name),
   }  # fmt: skip
 
 

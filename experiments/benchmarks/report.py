@@ -303,9 +303,8 @@ def _header(m: dict[str, Any], flag: str) -> list[str]:
     f"rotated), 1 warm-up round then the median (and min) of {REPEATS} rounds, each call ended "
     "by `block_until_ready`; compile time is measured apart. `temp MiB` is XLA's compiled "
     "temporary memory (`memory_analysis()`); rows over the memory or FLOP budget are compiled "
-    "but not run. FLOPs are analytic per type (`FORWARD_FLOPS` in "
-    "`experiments/benchmarks/attention_cost.py`, "
-    "projections included; fwd+bwd = 3x forward).",
+    "but not run. FLOPs are analytic per type (each type's `forward_flops` in its file under "
+    "`models/attention/`, projections included; fwd+bwd = 3x forward).",
     "",
   ]
 

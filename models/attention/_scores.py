@@ -28,6 +28,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.attention import cost
 from models.attention.base import Attention, KeysValues, normalize
 
 
@@ -100,6 +101,15 @@ def score_fn(name: str) -> ScoreFn:
   if name not in SCORES:
     raise ValueError(f"score={name!r}; valid: {', '.join(SCORES)}")
   return SCORES[name]
+
+
+def score_flops(s: cost.CallShape, score: str) -> float:
+  """The FLOPs a Luong score adds to the plain q kᵀ (`cost.py`)."""
+  if score == "general":  # q W per head
+    return 2.0 * cost.elements(s) * s.head_dim
+  if score == "additive":  # q_i + k_j for every pair
+    return cost.elements(s) * s.length
+  return 0.0
 
 
 class ScoredAttention(Attention):

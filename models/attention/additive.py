@@ -10,7 +10,7 @@ Cost: O(Tq Tk d) time and O(Tq Tk d) memory (tanh is taken for every query-key p
 
 import jax.numpy as jnp
 
-from models.attention._scores import ScoredAttention, additive_scores
+from models.attention._scores import ScoredAttention, additive_scores, score_flops
 from models.attention.base import KeysValues
 from models.attention.registry import register
 
@@ -18,6 +18,11 @@ from models.attention.registry import register
 @register("additive")
 class AdditiveAttention(ScoredAttention):
   """Bahdanau's additive score, one v per head."""
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The dense count plus q_i + k_j for every pair."""
+    return super().forward_flops(s, f) + score_flops(s, "additive")
 
   def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     return additive_scores(self, *self.project(inputs_q, kv))

@@ -39,13 +39,15 @@ A type subclasses `Attention`, adds its own fields, and implements `__call__`:
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from models.attention import cost
 
 Dtype = Any
 NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
@@ -72,7 +74,8 @@ def default_kernel_init() -> Callable:
 
 
 class Attention(nn.Module):
-  """Fields shared by all attention types (subclass and add type-specific fields)."""
+  """Fields shared by all attention types (subclass and add type-specific fields); the class
+  attributes and `forward_flops` are what a type declares about itself, with defaults here."""
 
   # Capabilities, read by the models (to reject unfit combinations) and the parameterised tests.
   supports_causal: ClassVar[bool] = True  # implements the `causal` field
@@ -89,6 +92,11 @@ class Attention(nn.Module):
   # A sparse pattern's field that, at `model.max_len` or more, covers the whole sequence (the
   # type then computes dense attention at a sparse type's cost; the config check warns).
   covers_sequence_field: ClassVar[str | None] = None
+  # Fields that must follow the sequence length: the type learns one weight per position up to
+  # that many (the model checks them against `model.max_len`; the benchmark sets its length).
+  length_fields: ClassVar[tuple[str, ...]] = ()
+  # The type's fields at the tiny test shapes (`tests/attention_cases.py`); others: defaults.
+  test_fields: ClassVar[dict[str, Any]] = {}
 
   num_heads: int = 1
   qkv_features: int | None = None  # total projected width, defaults to the query feature size
@@ -98,6 +106,13 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
   use_bias: bool = True
+
+  @classmethod
+  def forward_flops(cls, s: cost.CallShape, f: Mapping[str, Any]) -> float:
+    """Analytic FLOPs of one forward call at shape `s`, projections included (`cost.py`); `f`:
+    every own field of the type by name. Default: dense attention, q/k/v/out projections."""
+    del f
+    return cost.proj(s, 4) + cost.dense(s)
 
   def init_state(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None) -> None:
     """Create or reset the `attention_state` of a stateful type for a new sequence of steps with

@@ -23,7 +23,7 @@ only; key-padding masks only. Weights are sown (scattered to `[B, H, T, T]`) onl
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import normalize
 from models.attention.registry import register
 
@@ -69,11 +69,22 @@ def block_pattern(
 class BigBirdAttention(_blocks.SparseSelfAttention):
   """Global + sliding-window + random block-sparse attention, computed blockwise."""
 
+  test_fields = {"block_size": 2, "num_global_blocks": 1, "num_random_blocks": 1}
+
   block_size: int = 64  # b
   num_global_blocks: int = 1  # g: the first g blocks are global
   num_window_blocks: int = 3  # w: blocks around the query's (odd: n − w//2 .. n + w//2)
   num_random_blocks: int = 3  # r: random key blocks per query block and head
   seed: int = 0  # of the random pattern (with the layer's path)
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Each query block: K = global + window + random key blocks; the global queries: all keys."""
+    blk, g = f["block_size"], f["num_global_blocks"]
+    k = g + f["num_window_blocks"] + f["num_random_blocks"]
+    padded = -(-s.length // blk) * blk
+    blocks = cost.dense(s, padded * min(k * blk, s.length))
+    return cost.proj(s, 4) + blocks + cost.dense(s, g * blk * s.length)
 
   def context(self, q, k, v, valid, deterministic):
     """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""

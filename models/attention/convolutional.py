@@ -22,7 +22,7 @@ formed for every query-key pair).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import masks
+from models.attention import cost, masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
 from models.attention.base import KeysValues
 from models.attention.registry import register
@@ -41,8 +41,17 @@ class ConvolutionalAttention(ScoredAttention):
   """vᵀ tanh of a width-`kernel_size` convolution along keys over [query; key] pairs."""
 
   projects_keys = False  # the keys enter through `key_conv` (prepared: `key_part`)
+  test_fields = {"kernel_size": 3}
 
   kernel_size: int = 3
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """W_c's query and key parts, the K taps summed for every pair, then vᵀ tanh and w v."""
+    k, e = f["kernel_size"], s.width
+    convs = 2 * 2.0 * s.batch * s.length * e * k * e  # query and key parts of W_c
+    taps = 2 * 2.0 * cost.elements(s) * s.length * k  # summing the K taps for every pair
+    return cost.proj(s, 2) + convs + taps + cost.dense(s)  # + vᵀ tanh, w v
 
   def conv_kernel(self, name: str, features: int, head_dim: int) -> jnp.ndarray:
     """W_c's query or key part `[K, features, H, Dh]`."""

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks, masks
+from models.attention import _blocks, cost, masks
 from models.attention.base import Attention
 from models.attention.registry import register
 
@@ -97,6 +97,13 @@ class KernelAttention(Attention):
 @register("linear")
 class LinearAttention(KernelAttention):
   """φ(x) = elu(x) + 1 (Katharopoulos et al. 2020)."""
+
+  test_fields = {"chunk_size": 3}
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """φ of the head width, then the kernel products."""
+    return cost.proj(s, 4) + cost.kernel(s, s.head_dim, f["chunk_size"])
 
   def feature_maps(self, q, k, valid):
     del valid

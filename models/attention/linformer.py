@@ -15,7 +15,7 @@ Cost: O(T k d) time, O(T k) memory. Key-padding masks only.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import masks
+from models.attention import cost, masks
 from models.attention.base import Attention, normalize
 from models.attention.registry import register
 
@@ -26,10 +26,19 @@ SHARING = ("none", "headwise", "key_value", "layerwise")
 class LinformerAttention(Attention):
   supports_causal = False
   dense_mask = False
+  length_fields = ("max_length",)
+  test_fields = {"k": 4, "max_length": 16}
 
   k: int = 64  # projected length
   max_length: int = 512  # longest key sequence
   sharing: str = "headwise"  # none | headwise | key_value | layerwise
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """E K and F V along the length, then attention over the k projected keys."""
+    k = f["k"]
+    along_length = 2 * 2.0 * s.batch * k * s.length * s.width  # E K and F V
+    return cost.proj(s, 4) + along_length + cost.dense(s, s.length * k)
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, mask=None, deterministic=True):

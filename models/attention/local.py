@@ -23,8 +23,8 @@ only O(Tq D d).
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks
-from models.attention._scores import ScoredAttention, head_param, score_fn
+from models.attention import cost, masks
+from models.attention._scores import ScoredAttention, head_param, score_flops, score_fn
 from models.attention.base import KeysValues, normalize
 from models.attention.registry import register
 
@@ -36,10 +36,17 @@ class LocalAttention(ScoredAttention):
   """Luong local-m / local-p attention with a Gaussian window."""
 
   covers_sequence_field = "window"
+  test_fields = {"mode": "predictive", "window": 2, "score": "additive"}
 
   mode: str = "predictive"  # monotonic | predictive
   window: int = 8  # D: keys p_i - D .. p_i + D are visible, σ = D / 2
   score: str = "general"  # dot | general | additive
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The dense count with the `score`'s extra, plus W_p q of the position predictor (local-p)."""
+    predictor = 2.0 * cost.elements(s) * s.head_dim if f["mode"] == "predictive" else 0.0
+    return super().forward_flops(s, f) + score_flops(s, f["score"]) + predictor
 
   def weights(
     self,

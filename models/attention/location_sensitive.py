@@ -23,7 +23,7 @@ backward pass; the queries run sequentially.
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks
+from models.attention import cost, masks
 from models.attention._scores import ScoredAttention, energy_vector, head_param
 from models.attention.base import KeysValues, normalize
 from models.attention.registry import register
@@ -48,9 +48,19 @@ def conv_along_keys(alignment: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 class LocationSensitiveAttention(ScoredAttention):
   """Chorowski et al.'s location-aware additive attention (state in `attention_state`)."""
 
+  test_fields = {"num_filters": 3, "kernel_size": 3}
+
   num_filters: int = 8
   kernel_size: int = 5  # width of the convolution over the previous alignment
   cumulative: bool = False  # convolve the sum of all previous alignments
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Per pair: the convolution F * α, U f and two additions; then vᵀ tanh and w v."""
+    k, nf, d = f["kernel_size"], f["num_filters"], s.head_dim
+    per_pair = 2.0 * k * nf + 2.0 * nf * d + 2.0 * d + 2.0 * d  # F * α, U f, two additions
+    pairs = s.batch * s.heads * s.length * s.length
+    return cost.proj(s, 4) + pairs * per_pair + cost.dense(s)  # + vᵀ tanh, w v (in dense)
 
   def init_state(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None) -> None:
     """Zero alignment `[B, H, Tk]` in `attention_state` (a new sequence of steps)."""

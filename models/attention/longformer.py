@@ -14,7 +14,7 @@ only. Weights are sown (scattered to `[B, H, T, T]`) only when `intermediates` i
 
 import jax.numpy as jnp
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import normalize
 from models.attention.registry import register
 
@@ -24,9 +24,16 @@ class LongformerAttention(_blocks.SparseSelfAttention):
   """Banded attention within `window` plus `global_tokens` leading tokens with full attention."""
 
   covers_sequence_field = "window"
+  test_fields = {"window": 1, "global_tokens": 1}
 
   window: int = 128  # keys at distance <= window on each side (causal: to the left)
   global_tokens: int = 1  # the first g positions attend everywhere and are attended by all
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The band plus the g global keys for every query, and the g global queries: all keys."""
+    w, g = f["window"], f["global_tokens"]
+    return cost.proj(s, 4) + cost.banded(s, w, g) + cost.dense(s, g * s.length)
 
   def context(self, q, k, v, valid, deterministic):
     """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""

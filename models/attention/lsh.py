@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import NEG_INF, Attention
 from models.attention.registry import register
 
@@ -62,10 +62,21 @@ class LSHAttention(Attention):
   dense_mask = False
   padding_invariant = False  # the buckets' number and the chunks depend on the length
   covers_sequence_field = "bucket_size"
+  test_fields = {"bucket_size": 1, "num_hashes": 2}
 
   num_hashes: int = 4  # r: hashing rounds
   bucket_size: int = 32  # average bucket size; chunks are twice as long
   seed: int = 0  # of the rotations used when a call has no `attention` rng
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Shared QK (3 projections); per hash round: chunks of m = 2·bucket_size queries see their
+    chunk and the previous one (2m keys), plus the random rotations for hashing."""
+    r, m = f["num_hashes"], min(2 * f["bucket_size"], s.length)
+    buckets = 2 * -(-s.length // (2 * f["bucket_size"]))
+    padded = -(-s.length // m) * m
+    hashing = 2.0 * cost.elements(s) * buckets / 2
+    return cost.proj(s, 3) + r * (cost.dense(s, padded * min(2 * m, padded)) + hashing)
 
   @nn.compact
   def __call__(

@@ -16,7 +16,8 @@ Cost: dot/general O(Tq Tk d) time, O(Tq Tk) memory per head; location O(Tq L d) 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention._scores import ScoredAttention, dot_scores, general_scores
+from models.attention import cost
+from models.attention._scores import ScoredAttention, dot_scores, general_scores, score_flops
 from models.attention.base import KeysValues, default_kernel_init
 from models.attention.registry import register
 
@@ -33,6 +34,11 @@ class DotAttention(ScoredAttention):
 class GeneralAttention(ScoredAttention):
   """Luong general (bilinear) score e = qᵀ W k."""
 
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The dense count plus q W per head."""
+    return super().forward_flops(s, f) + score_flops(s, "general")
+
   def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     return general_scores(self, *self.project(inputs_q, kv))
 
@@ -46,8 +52,16 @@ class LocationAttention(ScoredAttention):
   """
 
   projects_keys = False  # the scores do not read the keys
+  length_fields = ("max_length",)
+  test_fields = {"max_length": 16}
 
   max_length: int = 512
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """W_a x_q -> max_length scores per head (no key projection), then w v."""
+    ell = f["max_length"]
+    return cost.proj(s, 2) + 2.0 * s.batch * s.length * s.width * s.heads * ell + cost.dense(s) / 2
 
   def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     kv_len = kv.length

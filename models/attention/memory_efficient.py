@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.attention import masks
+from models.attention import cost, masks
 from models.attention.base import NEG_INF, Attention
 from models.attention.registry import register
 from models.attention.scaled_dot import check_kv_heads
@@ -140,10 +140,19 @@ def chunked_attention(
 class MemoryEfficientAttention(Attention):
   """Exact scaled dot-product attention, chunked with an online softmax (sows no weights)."""
 
+  test_fields = {"num_kv_heads": 1, "query_chunk_size": 3, "key_chunk_size": 2}
+
   num_kv_heads: int | None = None  # None: = num_heads
   query_chunk_size: int = 128
   key_chunk_size: int = 128
   temperature: float = 1.0
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The dense count; causal skips the key chunks wholly in the future."""
+    if not s.causal:
+      return super().forward_flops(s, f)
+    return cost.proj(s, 4) + cost.dense(s, s.length * (s.length + f["key_chunk_size"]) / 2)
 
   @nn.compact
   def __call__(

@@ -18,7 +18,7 @@ Cost: O(T M d) time, O(T (M + d) + M d) memory.
 import jax
 import jax.numpy as jnp
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.linear import KernelAttention
 from models.attention.registry import register
 
@@ -37,9 +37,18 @@ def orthogonal_features(key: jax.Array, m: int, d: int) -> jnp.ndarray:
 
 @register("performer")
 class PerformerAttention(KernelAttention):
+  test_fields = {"num_features": 16, "chunk_size": 3}
+
   num_features: int = 128  # M; the paper's theory asks for Θ(d log d)
   redraw: str = "fixed"  # fixed | every_call
   seed: int = 0  # of the fixed features
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """The random features Ω q and Ω k, then the kernel products over M features."""
+    m = f["num_features"]
+    features = 2 * 2.0 * cost.elements(s) * m  # Ω q and Ω k
+    return cost.proj(s, 4) + features + cost.kernel(s, m, f["chunk_size"])
 
   def feature_maps(self, q, k, valid):
     if self.redraw not in REDRAW:

@@ -17,6 +17,7 @@ Cost: O(Tq Tk d²) time with Tk sequential LSTM steps (batched over B·Tq); O(Tq
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.attention import cost
 from models.attention._scores import ScoredAttention, energy_vector
 from models.attention.base import KeysValues
 from models.attention.registry import register
@@ -27,8 +28,17 @@ class RecurrentAttention(ScoredAttention):
   """LSTM over [query; key] pairs along the keys, scored by vᵀ tanh(W_r h)."""
 
   projects_keys = False  # the LSTM reads the raw keys, paired with each query
+  test_fields = {"hidden_size": 8}
 
   hidden_size: int | None = None  # LSTM width; defaults to qkv_features
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Value and out projections, an LSTM step on [x_q; x_kv] per pair, W_r h, vᵀ tanh, w v."""
+    e, hid = s.width, f["hidden_size"] or s.width
+    pairs = s.batch * s.length * s.length
+    lstm = pairs * 2.0 * (2 * e + hid) * 4 * hid  # an LSTM step on [x_q; x_kv] per pair
+    return cost.proj(s, 2) + lstm + pairs * 2.0 * hid * e + cost.dense(s)  # + W_r h, vᵀ tanh, w v
 
   def scores(self, inputs_q: jnp.ndarray, kv: KeysValues, mask: jnp.ndarray | None) -> jnp.ndarray:
     qkv, head_dim = self.features(inputs_q)

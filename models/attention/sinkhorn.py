@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import NEG_INF, default_kernel_init
 from models.attention.registry import register
 
@@ -55,11 +55,21 @@ class SinkhornAttention(_blocks.SparseSelfAttention):
 
   padding_invariant = False  # the blocks' sort mixes positions across blocks
   covers_sequence_field = "block_size"
+  length_fields = ("max_length",)
+  test_fields = {"block_size": 2, "max_length": 16}
 
   block_size: int = 64  # b
   max_length: int = 512  # longest sequence (SortNet predicts max_length / b target blocks)
   sinkhorn_iters: int = 7
   temperature: float = 0.75  # τ
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Own block and one softly sorted block per query block; P (N x N) mixes key/value blocks."""
+    blk = min(f["block_size"], s.length)
+    n = -(-s.length // blk)
+    sort = 2 * 2.0 * s.batch * s.heads * n * n * blk * s.head_dim  # sorted keys and values
+    return cost.proj(s, 4) + cost.dense(s, n * blk * 2 * blk) + sort
 
   def context(self, q, k, v, valid, deterministic):
     """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""

@@ -12,7 +12,7 @@ only. The weights are sown (scattered to `[B, H, T, T]`) only when `intermediate
 dropout drops the banded weights.
 """
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import normalize
 from models.attention.registry import register
 
@@ -22,8 +22,14 @@ class SlidingWindowAttention(_blocks.SparseSelfAttention):
   """Banded softmax attention over keys within `window` positions, in blocks of `window`."""
 
   covers_sequence_field = "window"
+  test_fields = {"window": 2}
 
   window: int = 128  # keys at distance <= window on each side (causal: to the left)
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Each block of `window` queries against 3 (causal 2) blocks of keys."""
+    return cost.proj(s, 4) + cost.banded(s, f["window"])
 
   def context(self, q, k, v, valid, deterministic):
     """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""

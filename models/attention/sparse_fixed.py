@@ -16,7 +16,7 @@ only when `intermediates` is mutable.
 import jax.numpy as jnp
 import numpy as np
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.registry import register
 
 
@@ -25,9 +25,17 @@ class SparseFixedAttention(_blocks.SparseSelfAttention):
   """Own block (`stride` l) + the last `num_summary` positions of every block."""
 
   covers_sequence_field = "stride"
+  test_fields = {"stride": 2, "num_summary": 1}
 
   stride: int = 128  # l: the block length
   num_summary: int = 8  # c: summary positions at the end of every block
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Own block of l keys plus the c summary keys of every block."""
+    stride, c = min(f["stride"], s.length), f["num_summary"]
+    n = -(-s.length // stride)
+    return cost.proj(s, 4) + cost.dense(s, n * stride * (stride + n * min(c, stride)))
 
   def context(self, q, k, v, valid, deterministic):
     """Scaled queries, keys, values `[B, T, H, D]`, key validity `[B, T]` -> `[B, T, H, D]`."""

@@ -19,7 +19,7 @@ Any mask; causal masks the synthesised logits. Weights are sown like scaled_dot'
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.attention import _blocks
+from models.attention import _blocks, cost
 from models.attention.base import Attention, default_kernel_init, normalize
 from models.attention.registry import register
 
@@ -30,10 +30,24 @@ VARIANTS = ("dense", "random")
 class SynthesizerAttention(Attention):
   """Dense or random synthesised attention weights, optionally mixed with dot products."""
 
+  length_fields = ("max_length",)
+  test_fields = {"variant": "dense", "max_length": 16, "mix_dot": True}
+
   variant: str = "dense"  # dense | random
   max_length: int = 512  # ℓ: longest query/key sequence
   trainable_random: bool = True  # random: learn R (else keep its random init)
   mix_dot: bool = False  # add learned-weighted dot-product logits
+
+  @classmethod
+  def forward_flops(cls, s, f):
+    """Dense: W₁ (E -> E) and W₂ (d -> ℓ per head) per token; random: none; then w v (`mix_dot`:
+    also the q, k projections and q kᵀ)."""
+    synth = 0.0
+    if f["variant"] == "dense":
+      synth = cost.proj(s, 1) + 2.0 * s.batch * s.length * s.width * f["max_length"]
+    if f["mix_dot"]:
+      synth += cost.proj(s, 2) + cost.dense(s) / 2
+    return cost.proj(s, 2) + synth + cost.dense(s) / 2
 
   @nn.compact
   def __call__(
