@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.bidirectional = True  # encoder
   config.model.attention_placement = "bahdanau"  # bahdanau | luong (swept with the attention)
   config.model.input_feeding = True  # luong only
-  config.model.attention.max_length = config.model.max_len  # `location`: longest source
+  # `location`: one weight per source position; follows data.max_length with model.max_len
+  config.model.attention.max_length = config.model.get_ref("max_len")
   return config
 
 
