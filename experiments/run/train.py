@@ -156,6 +156,7 @@ def train_and_evaluate(
     train_batches = batches.prefetch(
       run.datasets.train_dataset(meta["next_batch"]).as_numpy_iterator(), run.mesh
     )
+    stack.callback(train_batches.close)  # tf.data's threads end here, not at some later gc
     local_batch_size = config.data.batch_size // jax.process_count()
     selection = _Selection(run, ckpt, meta, on_eval, local_batch_size, workdir)
     batch = next(train_batches)
