@@ -119,7 +119,7 @@ def test_sigterm_then_kill_9_then_rerun_matches_uninterrupted_run(tmp_path):
       assert {k: v for k, v in a.items() if "loss" in k} == {
         k: v for k, v in b.items() if "loss" in k
       }, a["step"]
-  assert not glob.glob(str(latest / "*tmp*"))  # the leftover was replaced by the real save
+  assert not glob.glob(str(latest / "*tmp*"))  # the leftover was deleted at the start
 
 
 def _fail_latest_save_at(step: int):
@@ -151,7 +151,7 @@ def test_failed_save_and_damaged_checkpoints_are_never_loaded(tmp_path, monkeypa
       train.train_and_evaluate(config, str(tmp_path))
   assert checkpoint_steps(tmp_path) == [4, 8]
   # the unfinished save is removed at exit, though orbax's failing threads may write a little
-  # of it again afterwards: either way it is never listed, and the next save of 12 replaces it
+  # of it again afterwards: either way it is never listed, and the next start deletes it
   assert workdir.disk_full(failure.value)  # main.py: one line, exit status 2
 
   _flip_bytes(latest / "8")
@@ -294,20 +294,37 @@ def test_too_little_disk_space_is_refused_before_training(tmp_path, monkeypatch)
 @pytest.mark.skipif(
   threading.current_thread() is not threading.main_thread(), reason="signals need the main thread"
 )
-def test_signal_handlers_request_a_stop_and_are_restored():
+def test_signal_handlers_request_a_stop_and_are_restored(monkeypatch, capfd):
+  exits = []
+  monkeypatch.setattr(preemption, "_exit", exits.append)  # instead of os._exit(130)
   before = {s: signal.getsignal(s) for s in preemption.SIGNALS}
-  with preemption.handlers():
+  wakeup_before = signal.set_wakeup_fd(-1)
+  signal.set_wakeup_fd(wakeup_before)
+  with preemption.handlers(), preemption.on_abort(lambda: "the last complete checkpoint is 7"):
     assert not preemption.stop_requested()
     os.kill(os.getpid(), signal.SIGTERM)
-    _wait_until(preemption.stop_requested)  # the handler runs between bytecodes
+    _wait_until(preemption.stop_requested)  # set by the watcher thread
     os.kill(os.getpid(), signal.SIGTERM)  # repeated (e.g. by a scheduler): still just a stop
-    assert preemption.stop_requested()
-    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts
-      os.kill(os.getpid(), signal.SIGINT)
-      _wait_until(lambda: False)  # interrupted, or fails after the timeout
+    time.sleep(0.2)
+    assert not exits
+    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: exits from the watcher thread
+    _wait_until(lambda: exits)
+  assert exits == [preemption.EXIT_INTERRUPTED] == [130]
+  lines = [line for line in capfd.readouterr().err.splitlines() if "second interrupt" in line]
+  assert lines == [
+    "second interrupt: stopped without a final checkpoint; the last complete checkpoint is 7 "
+    "(run the same command to resume)"
+  ]
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
+  assert signal.set_wakeup_fd(wakeup_before) == wakeup_before  # restored
+  assert not any(t.name == "stop-requests" for t in threading.enumerate())
   with preemption.handlers():
     assert not preemption.stop_requested()  # a new run starts without the old request
+    with preemption.handlers():  # nested (a search running trials): one signal, one request
+      os.kill(os.getpid(), signal.SIGINT)
+      _wait_until(preemption.stop_requested)
+      time.sleep(0.2)
+    assert len(exits) == 1
 
 
 def test_fingerprint_is_the_same_on_the_host_and_jitted_and_sees_one_changed_bit():

@@ -8,8 +8,10 @@ fingerprint of every array of the state (a position-weighted sum of its bits), c
 
 What can go wrong, and what happens:
 * The process dies mid-save (kill -9, node failure, disk full): orbax writes each step into
-  `<step>.orbax-checkpoint-tmp*` and renames it when complete, so a half-written step is never
-  listed, let alone loaded; the next save of that step replaces the leftover.
+  `<step>.orbax-checkpoint-tmp` and renames it when complete, so a half-written step is never
+  listed, let alone loaded; closing the checkpoints and the next start delete leftovers (orbax's
+  own `cleanup_tmp_directories` does that in a thread that `close()` does not wait for), and so
+  does a second Ctrl-C before it exits (`preemption.on_abort`).
 * A complete step was damaged later (truncated, bytes flipped, files lost): restoring it fails or
   its fingerprint differs. `restore_latest` warns naming the step, moves it to `damaged.<step>`
   (kept for inspection, never loaded again) and uses the next older one, then the best one.
@@ -18,8 +20,10 @@ What can go wrong, and what happens:
 """
 
 import collections
+import contextlib
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -29,12 +33,40 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from experiments.run import preemption
+
 DAMAGED_PREFIX = "damaged."
-TMP_MARK = ".orbax-checkpoint-tmp"  # a step orbax has not finished writing
+TMP_MARK = ocp.path.step.TMP_DIR_SUFFIX  # ".orbax-checkpoint-tmp": a step not finished yet
 
 
 class NoGoodCheckpointError(RuntimeError):
   pass
+
+
+def _late_write_callback(unraisable) -> bool:
+  """A save that failed (disk full) leaves tensorstore writes running after orbax closed their
+  event loop: each one's completion callback then fails with "Event loop is closed"."""
+  error, tb = unraisable.exc_value, unraisable.exc_traceback
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  while tb is not None and tb.tb_frame.f_code.co_name != "call_soon_threadsafe":
+    tb = tb.tb_next
+  return tb is not None
+
+
+def _quiet_late_write_callbacks() -> None:
+  """Drops those (printed as one traceback each, dozens after a disk-full save) for the rest of
+  the process: they may come after the checkpoints are closed; the error itself is raised."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_late_write_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not _late_write_callback(unraisable):
+      previous(unraisable)
+
+  hook.quiets_late_write_callbacks = True
+  sys.unraisablehook = hook
 
 
 def _leaf_fingerprint(x, xp=jnp):
@@ -86,6 +118,10 @@ def _any_process(flag: bool) -> bool:
 class Checkpoints:
   def __init__(self, workdir: str, keep: int, main_metric: str, mode: str):
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directories = [os.path.join(directory, name) for name in ("latest", "best")]
+    self.primary = jax.process_index() == 0
+    self._remove_unfinished()  # left by a process that died mid-save
+    _quiet_late_write_callbacks()
 
     def barriers(name):  # distinct cross-process barrier names for the two managers
       return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
@@ -219,12 +255,50 @@ class Checkpoints:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
+  def _entries(self) -> list[tuple[str, str]]:
+    """(directory, name) of everything in the step directories, read from the file system."""
+    return [
+      (directory, name)
+      for directory in self.directories
+      for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+    ]
+
+  def _remove_unfinished(self) -> None:
+    """Deletes the steps orbax has not finished writing (process 0 only). Each is renamed out of
+    the writers' way, then deleted, until none is left: a second Ctrl-C deletes them while
+    orbax's threads may still be writing (and creating directories) there."""
+    if not self.primary:
+      return
+    for _ in range(100):
+      unfinished = [os.path.join(d, name) for d, name in self._entries() if TMP_MARK in name]
+      if not unfinished:
+        return
+      for path in unfinished:
+        trash = path if path.endswith(".deleting") else path + ".deleting"
+        with contextlib.suppress(OSError):
+          os.rename(path, trash)
+          path = trash
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          with contextlib.suppress(OSError):
+            os.remove(path)
+
+  def _abandon(self) -> str:
+    """What a second Ctrl-C does before exiting (in another thread, the main one anywhere, so
+    through the file system only): deletes unfinished saves, names the newest complete step."""
+    self._remove_unfinished()
+    steps = [int(name) for _, name in self._entries() if name.isdigit()]
+    return f"the last complete checkpoint is step {max(steps)}" if steps else "no checkpoint yet"
+
   def __enter__(self):
+    self._abort_hook = preemption.on_abort(self._abandon)
+    self._abort_hook.__enter__()
     return self
 
   def __exit__(self, *exc) -> None:
     """Pending asynchronous saves complete even when training stops with an error; what a save
-    cut short left behind (a second Ctrl-C, a failed write) is removed."""
+    cut short left behind (a failed write) is removed."""
     try:
       self.wait()
     finally:
@@ -233,9 +307,5 @@ class Checkpoints:
           manager.close()
         except Exception as e:  # noqa: BLE001 - a failed save was already raised by wait()
           logging.warning("closing %s: %s", manager.directory, _short(e))
-      if jax.process_index() == 0:
-        for manager in (self.latest, self.best):
-          directory = os.fspath(manager.directory)
-          for name in os.listdir(directory) if os.path.isdir(directory) else ():
-            if TMP_MARK in name:
-              shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      self._remove_unfinished()
+      self._abort_hook.__exit__(None, None, None)
