@@ -578,9 +578,9 @@ MUTANTS: tuple[Mutant, ...] = (
   # ------------------------------------------------------------------ benchmark FLOPs
   _m(
     "flops-loop-type-halved",
-    "experiments/benchmarks/attention_cost.py",
-    '"lsh": _lsh,',
-    '"lsh": lambda s, f: _lsh(s, f) / 2,',
+    "models/attention/lsh.py",
+    "return cost.proj(s, 3) + r * (cost.dense(s, padded * min(2 * m, padded)) + hashing)",
+    "return (cost.proj(s, 3) + r * (cost.dense(s, padded * min(2 * m, padded)) + hashing)) / 2",
     ("tests/test_benchmark.py", "-k", "flop_formula and lsh"),
     "the issue's example: a FLOP formula of a type with a loop goes unchecked",
   ),
