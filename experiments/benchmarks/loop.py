@@ -45,8 +45,7 @@ from experiments.run import build, checkpoints, optim, sharding, tasks, train
 from experiments.run.device_info import machine
 from experiments.run.state import RNG_STREAMS, TRANSIENT_COLLECTIONS
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                   "benchmarks.md")  # fmt: skip
+DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "benchmarks.md")
 SECTION = "Training loop"
 
 BARE_BATCHES = 20  # distinct batches the bare step cycles through

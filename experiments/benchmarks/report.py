@@ -26,7 +26,7 @@ from experiments.benchmarks import attention_cost, train_step
 from experiments.run.device_info import machine, matmul_rate
 from models import attention
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs")  # the repo's
 TARGETS_DOC, ALL_TYPES_DOC = "benchmarks.md", "benchmarks_all_types.md"
 KEPT_SECTIONS = (  # written by others; kept verbatim
   "Training loop",
