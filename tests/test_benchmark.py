@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from configs import default
-from experiments.benchmarks import attention_cost, train_step
+from experiments.benchmarks import attention_cost, loop, train_step
 from experiments.benchmarks import report as benchmark_report
 from experiments.run import flops
 from models import attention
@@ -187,3 +187,11 @@ def test_all_types_doc_has_every_row_and_the_plots(tmp_path):
   assert len(table) == len(measured["sweep"])
   for name in ("benchmarks_all_types.json", "benchmark_time.png", "benchmark_memory.png"):
     assert os.path.getsize(tmp_path / name) > 0
+
+
+def test_benchmark_writers_target_the_repositorys_docs():
+  """`make bench` and `loop --write` rewrite docs/benchmarks.md (they once pointed at a
+  directory that does not exist)."""
+  docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+  assert os.path.samefile(benchmark_report.DOCS, docs)
+  assert os.path.samefile(loop.DOC, os.path.join(docs, "benchmarks.md"))
